@@ -1,0 +1,86 @@
+"""Every config field simclr_jax knows, with defaults. Other configs import and override this.
+
+Not meant to be run on its own; see configs/fashion_mnist.py, configs/cifar10.py,
+configs/imagenet.py.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'simclr'  # simclr | moco | barlow_twins
+  c.seed = 0
+  c.batch_size = 256  # global, in images (each gives 2 views)
+  c.num_epochs = 100
+  c.num_train_steps = -1  # > 0 wins over num_epochs
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.mapping = 'shard_map'  # shard_map | pmap: how the per-core step is mapped over devices
+  c.num_devices = -1  # -1: all local devices of every process
+  c.init = 'pretrained'  # pretrained | random: the encoder that evaluation protocols use
+  c.init_checkpoint = ''  # a workdir (or checkpoint dir) to take the encoder from for eval modes
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'fashion_mnist'  # a TFDS name, or 'image_folder'
+  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir / IDX dir
+  c.dataset.folder = ''  # image_folder: root with one subfolder per class
+  c.dataset.image_size = 28  # side of the views fed to the model
+  c.dataset.train_split = 'train'
+  c.dataset.eval_split = 'test'
+  c.dataset.download = True  # let TFDS download when no local copy is found
+  c.dataset.strict = False  # image_folder: stop on an unreadable file instead of skipping it
+  c.dataset.max_train_examples = -1  # > 0: use only the first n training images (tests, studies)
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.preset = 'fashion_mnist'  # imagenet | cifar | fashion_mnist | none
+  c.augment.color_strength = 0.5
+  c.augment.blur = False
+  c.augment.crop_area_min = 0.08
+  c.augment.crop_area_max = 1.0
+  c.augment.ops = ()  # optional ordered op names (studies); empty = the preset's composition
+  c.augment.ops_view2 = ()  # ops for the second view only; empty = same as ops
+
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = 50
+  c.model.width_multiplier = 1.0
+  c.model.cifar_stem = ml_collections.FieldReference(None, field_type=bool)  # None: H <= 32
+  c.model.dtype = 'float32'  # float32 | bfloat16 (compute); params stay float32
+  c.model.bn_momentum = 0.9
+  c.model.bn_epsilon = 1e-5
+  c.model.head_mode = 'nonlinear'  # none | linear | nonlinear
+  c.model.head_num_layers = 2  # 2: SimCLR, 3: SimCLRv2
+  c.model.head_out_dim = 128
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = 'nt_xent'
+  c.loss.temperature = 0.1
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'lars'  # lars | sgd | adamw
+  c.optimizer.learning_rate = 0.3  # base rate, scaled by lr_scaling
+  c.optimizer.lr_scaling = 'linear'  # linear: base * B / 256 | sqrt: base * sqrt(B) | none
+  c.optimizer.weight_decay = 1e-6
+  c.optimizer.momentum = 0.9
+  c.optimizer.trust_coefficient = 0.001
+  c.optimizer.warmup_epochs = 10.0
+  c.optimizer.probe_learning_rate = 0.1  # online linear probe (momentum SGD, no scaling)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 512  # feature extraction batch
+  c.eval.l2_reg = 1e-4  # fast linear eval (L-BFGS) weight decay
+  c.eval.max_iters = 500
+  c.eval.feature = 'h'  # h, or head_<i> for the i-th projection-head layer
+  c.eval.knn_k = (20, 200)
+  c.eval.knn_temperature = 0.07
+  c.eval.label_fractions = (0.01, 0.1, 1.0)
+  c.eval.finetune_fraction = 0.1
+  c.eval.finetune_steps = 500
+  c.eval.finetune_batch_size = 128
+  c.eval.finetune_learning_rate = 0.05
+  c.eval.fine_tune_after_block = -1
+  c.eval.finetune_head_layer = 0  # 0: from h; 1: from the first projection layer (SimCLRv2)
+  c.eval.transfer_dataset = ''  # name of the target dataset for --mode=transfer
+  c.eval.pixel_baseline = True  # logistic regression on raw pixels, reported beside linear eval
+  return c
