@@ -1,0 +1,23 @@
+"""Self-supervised methods, selected by `config.method`."""
+
+from simclr_jax.methods import base
+from simclr_jax.methods import simclr
+
+_REGISTRY = {
+    'simclr': simclr.SimCLR,
+}
+
+
+def register(name: str, cls) -> None:
+  """Adds a method class under `name` (used by method modules)."""
+  _REGISTRY[name] = cls
+
+
+def available() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> base.Method:
+  if name not in _REGISTRY:
+    raise ValueError(f'unknown method {name!r}; set config.method to one of {available()}')
+  return _REGISTRY[name]()

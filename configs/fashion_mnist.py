@@ -1,0 +1,36 @@
+"""CPU default: SimCLR on real Fashion-MNIST, pretraining + linear evaluation in ~15 min on 2 cores.
+
+Run:
+  python -m simclr_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/simclr_fmnist
+
+Fashion-MNIST is read offline from the Debian package dataset-fashion-mnist
+(`apt-get install -y dataset-fashion-mnist`), or from TFDS when online. Targets (this project's
+own measurements, docs/benchmarks.md): linear-eval top-1 above logistic regression on raw pixels
+of the same run.
+"""
+
+from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.dataset.name = 'fashion_mnist'
+  c.dataset.image_size = 28
+  c.augment.preset = 'fashion_mnist'
+  c.augment.color_strength = 0.5
+  c.augment.crop_area_min = 0.2
+  c.model.depth = 18
+  c.model.width_multiplier = 0.25
+  c.model.head_out_dim = 64
+  c.batch_size = 256
+  c.num_epochs = 3
+  c.loss.temperature = 0.2
+  c.optimizer.name = 'lars'
+  c.optimizer.learning_rate = 1.0
+  c.optimizer.lr_scaling = 'linear'
+  c.optimizer.weight_decay = 1e-6
+  c.optimizer.warmup_epochs = 0.3
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200
+  c.eval.batch_size = 1000
+  return c

@@ -1,0 +1,131 @@
+"""Checks a config before anything is compiled, with errors that name the field and the fix."""
+
+import math
+from typing import Iterable
+
+import ml_collections
+
+from configs import base as base_config
+
+_DEPTHS = (18, 34, 50, 101, 152, 200)
+_CHOICES = {
+    'mapping': ('shard_map', 'pmap'),
+    'init': ('pretrained', 'random'),
+    'augment.preset': ('imagenet', 'cifar', 'fashion_mnist', 'none'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'model.head_mode': ('none', 'linear', 'nonlinear'),
+    'optimizer.name': ('lars', 'sgd', 'adamw'),
+    'optimizer.lr_scaling': ('linear', 'sqrt', 'none'),
+}
+
+
+class ConfigError(ValueError):
+  """A config field has a value simclr_jax cannot run with."""
+
+
+def _flatten(cfg, prefix=''):
+  for key, value in cfg.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _flatten(value, name + '.')
+    else:
+      yield name, value
+
+
+def _get(cfg, dotted: str):
+  for part in dotted.split('.'):
+    cfg = cfg[part]
+  return cfg
+
+
+def check_known_fields(config: ml_collections.ConfigDict,
+                       extra_known: Iterable[str] = ()) -> None:
+  """Every field must exist in configs/base.py (catches typos in config files)."""
+  known = dict(_flatten(base_config.get_config()))
+  allowed_prefixes = tuple(extra_known)
+  for name, value in _flatten(config):
+    if name in known or name.startswith(allowed_prefixes):
+      continue
+    raise ConfigError(f'unknown config field {name!r}; the known fields are in configs/base.py')
+  for name, default in known.items():
+    try:
+      value = _get(config, name)
+    except (KeyError, AttributeError):
+      continue  # missing fields take their defaults via `with_defaults`
+    if default is None or value is None:
+      continue
+    numeric = (int, float)
+    if isinstance(default, bool) != isinstance(value, bool) or (
+        isinstance(default, numeric) and not isinstance(value, numeric)) or (
+            isinstance(default, str) and not isinstance(value, str)):
+      raise ConfigError(f'config field {name!r} should be {type(default).__name__}, '
+                        f'got {value!r} ({type(value).__name__})')
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The base config updated with `config` (so partial configs get every field)."""
+  full = base_config.get_config()
+  full.update(config)
+  return full
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
+             extra_known: Iterable[str] = ()) -> None:
+  """Raises ConfigError on the first field that cannot work, before any compilation."""
+  check_known_fields(config, extra_known)
+  for name, choices in _CHOICES.items():
+    value = _get(config, name)
+    if value not in choices:
+      raise ConfigError(f'config.{name}={value!r} is not one of {list(choices)}')
+  from simclr_jax import methods  # pylint: disable=g-import-not-at-top
+  if config.method not in methods.available():
+    raise ConfigError(f'config.method={config.method!r} is unknown; use one of '
+                      f'{methods.available()}')
+  if config.model.depth not in _DEPTHS:
+    raise ConfigError(f'config.model.depth={config.model.depth} is not one of {list(_DEPTHS)}')
+  if not config.model.width_multiplier > 0:
+    raise ConfigError('config.model.width_multiplier must be > 0 (1, 2, 4, or 0.25 for CPU)')
+  if config.batch_size <= 0 or config.batch_size % num_devices:
+    raise ConfigError(f'config.batch_size={config.batch_size} must be a positive multiple of '
+                      f'the {num_devices} devices; e.g. --config.batch_size='
+                      f'{max(1, config.batch_size // num_devices) * num_devices}')
+  if 'temperature' in config.loss and not config.loss.temperature > 0:
+    raise ConfigError(f'config.loss.temperature={config.loss.temperature} must be > 0 '
+                      '(paper: 0.1 ImageNet, 0.5 CIFAR-10)')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError('set config.num_epochs > 0 or config.num_train_steps > 0')
+  if config.optimizer.learning_rate <= 0:
+    raise ConfigError('config.optimizer.learning_rate must be > 0')
+  if config.optimizer.warmup_epochs < 0:
+    raise ConfigError('config.optimizer.warmup_epochs must be >= 0')
+  if config.log_every_steps <= 0 or config.checkpoint_every_steps <= 0:
+    raise ConfigError('config.log_every_steps and config.checkpoint_every_steps must be > 0')
+  if config.dataset.name == 'image_folder' and not config.dataset.folder:
+    raise ConfigError("config.dataset.name='image_folder' needs config.dataset.folder=<root>")
+  if config.dataset.image_size <= 0:
+    raise ConfigError('config.dataset.image_size must be > 0')
+
+
+def total_steps(config, num_train_examples: int) -> int:
+  """Optimizer steps of the run: num_train_steps when > 0, else epochs (rounded up)."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(math.ceil(config.num_epochs * steps_per_epoch(config, num_train_examples)))
+
+
+def steps_per_epoch(config, num_train_examples: int) -> int:
+  return max(1, num_train_examples // config.batch_size)
+
+
+def check_schedule(config, num_train_examples: int) -> None:
+  """The warmup must fit in the run."""
+  warmup = config.optimizer.warmup_epochs * steps_per_epoch(config, num_train_examples)
+  steps = total_steps(config, num_train_examples)
+  if warmup > steps:
+    raise ConfigError(
+        f'the learning-rate warmup ({config.optimizer.warmup_epochs} epochs = {warmup:.0f} steps) '
+        f'is longer than the run ({steps} steps); lower config.optimizer.warmup_epochs or train '
+        'longer (config.num_epochs / config.num_train_steps)')
+  if config.batch_size > num_train_examples:
+    raise ConfigError(f'config.batch_size={config.batch_size} exceeds the {num_train_examples} '
+                      'training images; lower it')

@@ -1,0 +1,77 @@
+"""Metrics to TensorBoard event files and a one-line console progress (process 0 only)."""
+
+import json
+import os
+import time
+from typing import Mapping, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Writes scalars under `workdir` with tf.summary; other processes write nothing."""
+
+  def __init__(self, workdir: str, *, total_steps: int, global_batch_size: int):
+    self.enabled = jax.process_index() == 0
+    self.total_steps = total_steps
+    self.global_batch_size = global_batch_size
+    self._writer = None
+    self._last_time: Optional[float] = None
+    self._last_step: Optional[int] = None
+    if self.enabled:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(workdir)
+
+  def write(self, step: int, metrics: Mapping[str, float], prefix: str = 'train') -> dict:
+    """Writes `prefix/name` scalars, adds speed and ETA for train metrics; returns them."""
+    out = {f'{prefix}/{k}': float(v) for k, v in metrics.items()}
+    now = time.time()
+    if prefix == 'train' and self._last_time is not None and step > self._last_step:
+      steps_per_s = (step - self._last_step) / (now - self._last_time)
+      out['train/steps_per_s'] = steps_per_s
+      out['train/images_per_s'] = steps_per_s * self.global_batch_size
+      out['train/eta_minutes'] = (self.total_steps - step) / max(steps_per_s, 1e-9) / 60
+    if prefix == 'train':
+      self._last_time, self._last_step = now, step
+    if not self.enabled:
+      return out
+    with self._writer.as_default():
+      for k, v in out.items():
+        self._tf.summary.scalar(k, v, step=step)
+    self._writer.flush()
+    if prefix == 'train':
+      shown = ' '.join(f'{k.split("/")[1]}={v:.4g}' for k, v in out.items()
+                       if k.split('/')[1] in ('loss', 'contrast_accuracy', 'probe_accuracy',
+                                              'learning_rate', 'images_per_s', 'eta_minutes'))
+      logging.info('step %d/%d %s', step, self.total_steps, shown)
+    return out
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+
+def write_json(path: str, payload: Mapping, *, merge: bool = True) -> dict:
+  """Writes (merging into an existing file) a JSON file atomically, from process 0 only."""
+  data = {}
+  if merge and os.path.exists(path):
+    with open(path) as f:
+      data = json.load(f)
+  data.update({k: _plain(v) for k, v in payload.items()})
+  if jax.process_index() == 0:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  return data
+
+
+def _plain(v):
+  if isinstance(v, (np.generic, np.ndarray)):
+    return v.tolist()
+  if isinstance(v, dict):
+    return {k: _plain(x) for k, x in v.items()}
+  return v

@@ -1,0 +1,240 @@
+"""ResNet v1.5 encoder f(.) for SimCLR, in Flax linen.
+
+ResNet v1.5 puts the stride of a bottleneck block on its 3x3 convolution (not the first 1x1), as
+in torchvision and the official SimCLR code. The network ends at the global average pool: it
+returns the representation h, with no classifier. With the ImageNet stem on RGB input the
+parameter counts are the standard ones without the final fully connected layer (ResNet-50 1x:
+23,508,032; ResNet-18: 11,176,512).
+"""
+
+import functools
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# depth -> (block kind, blocks per stage).
+STAGE_SIZES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+    200: ('bottleneck', (3, 24, 36, 3)),
+}
+# Side at or below which `cifar_stem=None` picks the CIFAR stem: a 7x7/2 conv plus a max-pool
+# would throw away most of a 32x32 (or 28x28) image before the first block.
+CIFAR_STEM_MAX_SIDE = 32
+NUM_STAGES = 4
+
+# He initialisation (fan-out, as torchvision): the convolutions are followed by BN and ReLU.
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def scaled_width(channels: int, width_multiplier: float) -> int:
+  """Channels of a layer of the 1x network scaled by `width_multiplier`, at least 1."""
+  return max(1, int(channels * width_multiplier))
+
+
+def representation_dim(depth: int, width_multiplier: float = 1.0) -> int:
+  """Width D of h: 512 * w for the basic-block nets (18, 34), 2048 * w for the bottleneck ones."""
+  kind, _ = STAGE_SIZES[depth]
+  expansion = 1 if kind == 'basic' else 4
+  return scaled_width(64 * 2 ** (NUM_STAGES - 1), width_multiplier) * expansion
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  # Symmetric explicit padding (k - 1) // 2, as torchvision and TF's fixed_padding: 'SAME' pads
+  # a stride-2 conv asymmetrically, which shifts the features by half a pixel.
+  pad = (kernel - 1) // 2
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,  # BN follows and has its own offset.
+      kernel_init=_conv_init,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (ResNet-18/34). Output has `filters` channels.
+
+  Attributes:
+    filters: channels of both convs.
+    stride: stride of the first conv (and of the projection shortcut).
+    norm: partially applied nn.BatchNorm (train/eval mode, momentum, axis_name already bound).
+    dtype: compute dtype.
+  """
+  filters: int
+  stride: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H / stride, W / stride, filters]."""
+    residual = x
+    y = _conv(self.filters, 3, self.stride, self.dtype, 'conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = _conv(self.filters, 3, 1, self.dtype, 'conv2')(y)
+    # Zero gamma: every block starts as the identity, which helps large-batch training
+    # (Goyal et al. 2017), as in the official SimCLR code.
+    y = self.norm(name='bn2', scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = _conv(self.filters, 1, self.stride, self.dtype, 'proj_conv')(residual)
+      residual = self.norm(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 convs (ResNet-50+). Output has 4 * `filters` channels.
+
+  Attributes:
+    filters: channels of the inner convs.
+    stride: stride of the 3x3 conv (and of the projection shortcut).
+    norm: partially applied nn.BatchNorm.
+    dtype: compute dtype.
+  """
+  filters: int
+  stride: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H / stride, W / stride, 4 * filters]."""
+    residual = x
+    y = _conv(self.filters, 1, 1, self.dtype, 'conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = _conv(self.filters, 3, self.stride, self.dtype, 'conv2')(y)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = _conv(4 * self.filters, 1, 1, self.dtype, 'conv3')(y)
+    y = self.norm(name='bn3', scale_init=nn.initializers.zeros)(y)  # Identity at init.
+    if residual.shape != y.shape:
+      residual = _conv(4 * self.filters, 1, self.stride, self.dtype, 'proj_conv')(residual)
+      residual = self.norm(name='proj_bn')(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """ResNet v1.5 encoder returning the pooled representation h.
+
+  Submodule names: the stem is `stem_conv` / `stem_bn`; block j (from 1) of stage i (1..4) is
+  `stage{i}_block{j}`. "Block" 0 in `fine_tune_after_block` is the stem, blocks 1..4 the stages.
+
+  Attributes:
+    depth: 18, 34 (basic blocks) or 50, 101, 152, 200 (bottleneck blocks).
+    width_multiplier: channel multiplier (> 0), e.g. 0.25, 1, 2, 4; channels int(64 * w) etc.
+    cifar_stem: True: 3x3 stride-1 conv, no max-pool. False: 7x7 stride-2 conv and a 3x3
+      stride-2 max-pool. None: CIFAR stem when the input side is <= 32.
+    dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters are always float32.
+    axis_name: mapped axis over which BN averages batch statistics (cross-replica BN), or None.
+    bn_momentum: decay of the BN running statistics.
+    bn_epsilon: BN variance epsilon.
+  """
+  depth: int
+  width_multiplier: float = 1.0
+  cifar_stem: Optional[bool] = None
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  def __post_init__(self) -> None:
+    # Fail at construction, before anything is traced or compiled.
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(
+          f'ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth!r}.')
+    w = self.width_multiplier
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+      raise ValueError(
+          'ResNet width_multiplier must be a finite number > 0 (e.g. 0.25, 1, 2, 4), '
+          f'got {w!r}.')
+    if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise ValueError(f'ResNet dtype must be float32 or bfloat16, got {self.dtype!r}.')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool, fine_tune_after_block: int = -1) -> jax.Array:
+    """Encodes images into representations.
+
+    Args:
+      x: images [B, H, W, C], float in [0, 1]; any number of channels C.
+      train: use batch statistics in BN and update the running ones (`batch_stats` must then be
+        mutable), except in frozen blocks.
+      fine_tune_after_block: k in -1..4. Blocks <= k (0 = stem, 1..4 = stages) run BN with
+        running statistics and their output is passed through stop_gradient, so they neither
+        learn nor change their BN statistics. -1 trains everything.
+
+    Returns:
+      h: [B, D] float32, D = representation_dim(depth, width_multiplier).
+    """
+    if not -1 <= fine_tune_after_block <= NUM_STAGES:
+      raise ValueError(
+          f'fine_tune_after_block must be in -1..{NUM_STAGES} (0 = stem, 1..4 = stages), '
+          f'got {fine_tune_after_block!r}.')
+    if x.ndim != 4:
+      raise ValueError(f'ResNet expects images [B, H, W, C], got shape {x.shape}.')
+
+    def norm_for(block: int) -> Any:
+      frozen = block <= fine_tune_after_block
+      return functools.partial(
+          nn.BatchNorm,
+          use_running_average=not train or frozen,
+          momentum=self.bn_momentum,
+          epsilon=self.bn_epsilon,
+          axis_name=self.axis_name,
+          dtype=self.dtype,
+          param_dtype=jnp.float32)
+
+    def maybe_freeze(y: jax.Array, block: int) -> jax.Array:
+      return jax.lax.stop_gradient(y) if block <= fine_tune_after_block else y
+
+    cifar_stem = self.cifar_stem
+    if cifar_stem is None:
+      cifar_stem = max(x.shape[1], x.shape[2]) <= CIFAR_STEM_MAX_SIDE
+    width = functools.partial(scaled_width, width_multiplier=self.width_multiplier)
+
+    y = x.astype(self.dtype)
+    if cifar_stem:
+      y = _conv(width(64), 3, 1, self.dtype, 'stem_conv')(y)
+      y = nn.relu(norm_for(0)(name='stem_bn')(y))
+    else:
+      y = _conv(width(64), 7, 2, self.dtype, 'stem_conv')(y)
+      y = nn.relu(norm_for(0)(name='stem_bn')(y))
+      y = nn.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    y = maybe_freeze(y, 0)
+
+    kind, stage_sizes = STAGE_SIZES[self.depth]
+    block_cls = BasicBlock if kind == 'basic' else BottleneckBlock
+    for stage, num_blocks in enumerate(stage_sizes, start=1):
+      for j in range(num_blocks):
+        y = block_cls(
+            filters=width(64 * 2 ** (stage - 1)),
+            # Stage 1 keeps the resolution (the stem already reduced it).
+            stride=2 if stage > 1 and j == 0 else 1,
+            norm=norm_for(stage),
+            dtype=self.dtype,
+            name=f'stage{stage}_block{j + 1}')(y)
+      y = maybe_freeze(y, stage)
+
+    # Pool in float32: the mean over many bf16 values loses precision.
+    return jnp.mean(y.astype(jnp.float32), axis=(1, 2))
+
+
+def stage_of(module_name: str) -> int:
+  """Block index (0 = stem, 1..4 = stages) of a top-level ResNet submodule name."""
+  if module_name.startswith('stem_'):
+    return 0
+  if module_name.startswith('stage'):
+    return int(module_name[len('stage')])
+  raise ValueError(f'Not a ResNet submodule name: {module_name!r}.')
+
+
+__all__ = (
+    'ResNet', 'BasicBlock', 'BottleneckBlock', 'STAGE_SIZES', 'representation_dim', 'stage_of')

@@ -1,0 +1,204 @@
+"""Optimizers (LARS, SGD, AdamW) and the warmup + cosine learning-rate schedule.
+
+LARS is optax.lars, which is the chain
+
+    add_decayed_weights(wd, mask)           g' = g + wd * w          (decayed params only)
+    masked(scale_by_trust_ratio(eta), mask)  u = trust * g',  trust = eta * ||w|| / ||g'||
+                                             (trust = 1 when ||w|| or ||g'|| is 0)
+    scale_by_learning_rate(lr)               u = -lr_t * u
+    trace(momentum)                          v_t = momentum * v_{t-1} + u;  update = v_t
+
+Ordering, and where it matters:
+- Weight decay comes before the trust ratio, so ||g'|| includes wd * w (the LARS paper and the
+  official SimCLR LARS do the same).
+- The trust ratio is computed from the current g', before momentum: it scales what enters the
+  momentum buffer, not the buffer.
+- The learning rate is applied before momentum: the buffer accumulates lr-scaled steps,
+  v_t = m v_{t-1} - lr_t * trust_t * g'_t. This is the official SimCLR LARS with
+  `classic_momentum=True` (`next_v = m * v + scaled_lr * grad`). It equals the textbook form
+  `v_t = m v_{t-1} + trust_t * g'_t; update = -lr_t * v_t` only while lr is constant. Under the
+  schedule they differ: during warmup a gradient taken at a small lr stays small in the buffer
+  (the step-0 gradient, at lr 0, is dropped entirely), and during decay old steps keep their
+  larger lr.
+Parameters excluded by `exclude_bias_and_norm` (biases, BN scale/offset) get neither weight decay
+nor the trust ratio: for them update = momentum-accumulated -lr_t * g.
+
+The online probe (params['probe']) is trained by its own plain momentum SGD at
+`probe_learning_rate`, without weight decay or scaling, via optax.multi_transform.
+"""
+
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ('lars', 'sgd', 'adamw')
+LR_SCALINGS = ('linear', 'sqrt', 'none')
+PROBE_KEY = 'probe'  # Top-level param key of the online linear probe (see ContrastiveModel).
+
+
+def exclude_bias_and_norm(path: tuple[Any, ...], leaf: jax.Array) -> bool:
+  """Whether a parameter is excluded from weight decay and from the LARS trust ratio.
+
+  The predicate is the rank: a parameter of rank <= 1 is a per-channel affine term (a Dense or
+  Conv bias, a BN scale or offset) and is excluded; weight matrices and conv kernels (rank >= 2)
+  are not. Unlike matching names ('bias', 'scale'), this does not depend on how a module names
+  its parameters, and it is the rule the official SimCLR LARS applies by name ('batch_normalization'
+  and 'bias' variables are exactly the rank-1 ones there).
+
+  Args:
+    path: key path of the leaf (as from jax.tree_util.tree_map_with_path); unused by the rank
+      rule, kept so the signature fits tree_map_with_path and name-based variants.
+    leaf: the parameter (an array or anything with `.ndim`).
+
+  Returns:
+    True to exclude the parameter.
+  """
+  del path
+  return leaf.ndim <= 1
+
+
+def decay_mask(params: Any) -> Any:
+  """Tree of bools, True where weight decay (and the LARS trust ratio) apply."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: not exclude_bias_and_norm(path, leaf), params)
+
+
+def lars(learning_rate: optax.ScalarOrSchedule, *, weight_decay: float, momentum: float,
+         trust_coefficient: float) -> optax.GradientTransformation:
+  """LARS (optax.lars) with biases and BN parameters excluded by `exclude_bias_and_norm`.
+
+  See the module docstring for the exact update rule and where optax's ordering matters.
+
+  Args:
+    learning_rate: constant or schedule (step -> lr).
+    weight_decay: L2 coefficient added to the gradient of decayed parameters.
+    momentum: momentum of the update buffer.
+    trust_coefficient: eta in trust = eta * ||w|| / ||g + wd * w||.
+
+  Returns:
+    The optax transformation.
+  """
+  return optax.lars(
+      learning_rate,
+      weight_decay=weight_decay,
+      weight_decay_mask=decay_mask,
+      trust_coefficient=trust_coefficient,
+      trust_ratio_mask=decay_mask,
+      momentum=momentum)
+
+
+def scaled_learning_rate(base_learning_rate: float, global_batch_size: int, scaling: str) -> float:
+  """Peak learning rate: base * B / 256 ('linear'), base * sqrt(B) ('sqrt') or base ('none')."""
+  if scaling == 'linear':
+    return base_learning_rate * global_batch_size / 256
+  if scaling == 'sqrt':
+    return base_learning_rate * math.sqrt(global_batch_size)
+  if scaling == 'none':
+    return base_learning_rate
+  raise ValueError(f'optimizer.lr_scaling must be one of {LR_SCALINGS}, got {scaling!r}.')
+
+
+def warmup_steps(optimizer_config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Number of warmup steps: round(warmup_epochs * steps_per_epoch)."""
+  return int(round(optimizer_config.warmup_epochs * steps_per_epoch))
+
+
+def learning_rate_schedule(optimizer_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                           total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warmup from 0 to the scaled peak, then cosine decay to 0 at `total_steps`.
+
+  Args:
+    optimizer_config: config.optimizer (learning_rate, lr_scaling, warmup_epochs).
+    global_batch_size: images per step over all devices (B in the scaling rule).
+    total_steps: length of training; the rate is 0 from this step on.
+    steps_per_epoch: converts warmup_epochs to steps.
+
+  Returns:
+    schedule(step) -> learning rate; peak at step warmup_steps.
+
+  Raises:
+    ValueError: bad scaling, total_steps < 1, or more warmup steps than total steps.
+  """
+  peak = scaled_learning_rate(
+      optimizer_config.learning_rate, global_batch_size, optimizer_config.lr_scaling)
+  warmup = warmup_steps(optimizer_config, steps_per_epoch)
+  if total_steps < 1:
+    raise ValueError(f'total_steps must be >= 1, got {total_steps}.')
+  if warmup < 0:
+    raise ValueError(f'optimizer.warmup_epochs must be >= 0, got {optimizer_config.warmup_epochs}.')
+  if warmup > total_steps:
+    raise ValueError(
+        f'optimizer.warmup_epochs={optimizer_config.warmup_epochs} x steps_per_epoch='
+        f'{steps_per_epoch} gives {warmup} warmup steps, more than total_steps={total_steps} '
+        '(from num_epochs / num_train_steps): lower warmup_epochs or train longer.')
+  decay_steps = total_steps - warmup
+  if decay_steps > 0:
+    decay = optax.cosine_decay_schedule(peak, decay_steps=decay_steps, alpha=0.0)
+  else:
+    decay = optax.constant_schedule(0.0)  # Warmup fills the whole run: stop at its end.
+  if warmup == 0:
+    return decay
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, transition_steps=warmup), decay], boundaries=[warmup])
+
+
+def _partition_labels(params: Any) -> Any:
+  """'probe' for leaves under params['probe'], 'backbone' for everything else."""
+
+  def label(path: tuple[Any, ...], leaf: jax.Array) -> str:
+    del leaf
+    top = getattr(path[0], 'key', None) if path else None
+    return 'probe' if top == PROBE_KEY else 'backbone'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def build_optimizer(optimizer_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                    total_steps: int, steps_per_epoch: int
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer for the whole parameter tree {'encoder', 'head', 'probe'}.
+
+  encoder and head: `optimizer_config.name` with the warmup + cosine schedule:
+    'lars': see `lars`.
+    'sgd': the same chain as LARS without the trust ratio (weight decay added to the gradient,
+      lr applied before momentum), so lars vs sgd differ only by layer adaptation.
+    'adamw': optax.adamw with decoupled weight decay (scaled by lr, as optax does); the momentum
+      field is not used (b1=0.9, b2=0.999).
+  Weight decay is masked by `exclude_bias_and_norm` in all three.
+  probe: momentum SGD at `probe_learning_rate` (constant), no weight decay.
+
+  Args:
+    optimizer_config: config.optimizer (see configs/base.py).
+    global_batch_size: images per step over all devices.
+    total_steps: training length in steps.
+    steps_per_epoch: steps in one epoch (for warmup_epochs).
+
+  Returns:
+    (optimizer, schedule): schedule is the encoder/head learning rate, for logging.
+  """
+  schedule = learning_rate_schedule(
+      optimizer_config, global_batch_size=global_batch_size, total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch)
+  name = optimizer_config.name
+  if name == 'lars':
+    backbone = lars(
+        schedule,
+        weight_decay=optimizer_config.weight_decay,
+        momentum=optimizer_config.momentum,
+        trust_coefficient=optimizer_config.trust_coefficient)
+  elif name == 'sgd':
+    backbone = optax.chain(
+        optax.add_decayed_weights(optimizer_config.weight_decay, mask=decay_mask),
+        optax.scale_by_learning_rate(schedule),
+        optax.trace(decay=optimizer_config.momentum))
+  elif name == 'adamw':
+    backbone = optax.adamw(schedule, weight_decay=optimizer_config.weight_decay, mask=decay_mask)
+  else:
+    raise ValueError(f'optimizer.name must be one of {OPTIMIZERS}, got {name!r}.')
+  probe = optax.sgd(optimizer_config.probe_learning_rate, momentum=optimizer_config.momentum)
+  optimizer = optax.multi_transform(
+      {'backbone': backbone, 'probe': probe}, param_labels=_partition_labels)
+  return optimizer, schedule

@@ -1,0 +1,143 @@
+"""The one place where the per-core step is mapped over devices.
+
+The per-core step is written once (`simclr_jax.train_step`) with every collective naming the axis
+`'batch'`. `Mapper` maps it with `jax.shard_map` over a 1-D mesh (the default; JAX's current form
+of pmap) or with `jax.pmap` (in maintenance mode since JAX 0.8, kept because the design card names
+it), and moves state and batches to the devices in the layout each mapping wants.
+
+Multi-host: every process builds the same global mesh; a host batch is this process's slice of the
+global batch and `put_batch` assembles the global array with
+`jax.make_array_from_process_local_data`.
+"""
+
+import os
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXIS = 'batch'
+PyTree = Any
+
+
+def maybe_initialize_distributed(coordinator_address: Optional[str] = None,
+                                 num_processes: Optional[int] = None,
+                                 process_id: Optional[int] = None) -> None:
+  """Starts JAX's distributed runtime when running on several hosts.
+
+  On Cloud TPU pods JAX finds everything itself (`jax.distributed.initialize()` with no
+  arguments). Elsewhere (SLURM, GPU clusters, local multi-process tests) pass the coordinator
+  address, process count and id, or set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID. With none of these and not on a TPU pod, this does nothing.
+  """
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if num_processes is None and os.environ.get('JAX_NUM_PROCESSES'):
+    num_processes = int(os.environ['JAX_NUM_PROCESSES'])
+  if process_id is None and os.environ.get('JAX_PROCESS_ID'):
+    process_id = int(os.environ['JAX_PROCESS_ID'])
+  on_tpu_pod = bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif on_tpu_pod:
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+class Mapper:
+  """Maps a per-core step over devices and places its inputs.
+
+  Args:
+    mapping: 'shard_map' or 'pmap'.
+    num_devices: how many devices to use (-1: all, across all processes). On several processes
+      only -1 is allowed, since every process must contribute the same number of devices.
+  """
+
+  def __init__(self, mapping: str = 'shard_map', num_devices: int = -1):
+    if mapping not in ('shard_map', 'pmap'):
+      raise ValueError(f"config.mapping must be 'shard_map' or 'pmap', got {mapping!r}")
+    self.mapping = mapping
+    devices = jax.devices()
+    if num_devices > 0:
+      if jax.process_count() > 1 and num_devices != len(devices):
+        raise ValueError('config.num_devices must be -1 on several processes')
+      if num_devices > len(devices):
+        raise ValueError(f'config.num_devices={num_devices} but only {len(devices)} devices '
+                         'exist. On CPU, simulate more with '
+                         'XLA_FLAGS=--xla_force_host_platform_device_count=N.')
+      devices = devices[:num_devices]
+    self.devices = devices
+    self.local_devices = [d for d in devices if d.process_index == jax.process_index()]
+    self.mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  def check_batch_size(self, global_batch_size: int) -> None:
+    if global_batch_size % self.num_devices:
+      raise ValueError(
+          f'batch_size={global_batch_size} does not divide over {self.num_devices} devices; '
+          f'set --config.batch_size to a multiple of {self.num_devices}.')
+
+  def map_step(self, step_fn: Callable, *, donate_state: bool = True) -> Callable:
+    """Maps `step_fn(state, batch, rng) -> (state, metrics)` over the devices.
+
+    The returned function takes state from `put_state`, a batch from `put_batch` and a raw key
+    (uint32 [2]); metrics come back as replicated scalars.
+    """
+    donate = (0,) if donate_state else ()
+    if self.mapping == 'shard_map':
+      # check_vma=False gives the step pmap's semantics: the gradient of a per-core loss is
+      # per-core (no implicit psum over replicated inputs), so the step's explicit pmean of the
+      # gradients is right under both mappings, and one step function serves both.
+      mapped = jax.shard_map(step_fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
+                             out_specs=(P(), P()), check_vma=False)
+      return jax.jit(mapped, donate_argnums=donate)
+    pmapped = jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None),
+                       devices=self.local_devices, donate_argnums=donate)
+
+    def run(state, batch, rng):
+      state, metrics = pmapped(state, batch, rng)
+      return state, jax.tree.map(lambda x: x[0], metrics)
+
+    return run
+
+  def put_state(self, state: PyTree) -> PyTree:
+    """Host (or device) state -> the layout the mapped step takes."""
+    if self.mapping == 'shard_map':
+      return jax.device_put(state, self.replicated)
+    n = len(self.local_devices)
+    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
+                           jax.device_get(state))
+    # An identity pmap lays the stacked copies out one per local device.
+    return jax.pmap(lambda x: x, devices=self.local_devices)(stacked)
+
+  def get_state(self, state: PyTree) -> PyTree:
+    """Mapped-step state -> one copy as host numpy arrays."""
+    if self.mapping == 'pmap':
+      state = jax.tree.map(lambda x: x[0], state)
+    return jax.device_get(state)
+
+  def put_batch(self, host_batch: PyTree) -> PyTree:
+    """This process's slice of the global batch -> the layout the mapped step takes."""
+    if self.mapping == 'shard_map':
+      return jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
+    n = len(self.local_devices)
+
+    def split(x):
+      if x.shape[0] % n:
+        raise ValueError(f'host batch of {x.shape[0]} does not divide over {n} local devices')
+      return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+
+    return jax.tree.map(split, host_batch)

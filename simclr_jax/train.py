@@ -1,0 +1,158 @@
+"""The pretraining loop: data -> mapped step -> metrics, checkpoints, preemption handling."""
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import threading
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from simclr_jax import checkpoint
+from simclr_jax import config_validation
+from simclr_jax import methods
+from simclr_jax import metric_writer
+from simclr_jax import optim
+from simclr_jax import parallel
+from simclr_jax import train_step as train_step_lib
+from simclr_jax.data import pipeline
+from simclr_jax.data import sources
+from simclr_jax.models import build_model
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradients became NaN/Inf; nothing was saved after the last good checkpoint."""
+
+
+class StopSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (preemption)."""
+
+  def __init__(self):
+    self.received: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning('received signal %d: saving a checkpoint at the current step, then exiting',
+                    signum)
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a pretraining run builds from its config before the first step."""
+  config: ml_collections.ConfigDict
+  mapper: parallel.Mapper
+  source: Any
+  model: Any
+  method: Any
+  tx: Any
+  schedule: Any
+  steps_per_epoch: int
+  total_steps: int
+  image_shape: tuple
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  """Validates the config and builds data source, model, method and optimizer."""
+  mapper = parallel.Mapper(config.mapping, config.num_devices)
+  config_validation.validate(config, num_devices=mapper.num_devices)
+  source = sources.load(config.dataset, config.dataset.train_split)
+  num_train = source.num_examples
+  config_validation.check_schedule(config, num_train)
+  steps_per_epoch = config_validation.steps_per_epoch(config, num_train)
+  total_steps = config_validation.total_steps(config, num_train)
+  channels = sources.image_shape(source, config.dataset.image_size)[-1]
+  image_shape = (config.dataset.image_size, config.dataset.image_size, channels)
+  model = build_model(config.model, num_classes=source.num_classes, image_size=image_shape[0],
+                      axis_name=parallel.AXIS)
+  tx, schedule = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
+                                       total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  return Setup(config=config, mapper=mapper, source=source, model=model,
+               method=methods.get_method(config.method), tx=tx, schedule=schedule,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps, image_shape=image_shape)
+
+
+def make_step(s: Setup):
+  """The per-core step, mapped over the devices."""
+  step = functools.partial(train_step_lib.train_step, model=s.model, method=s.method, tx=s.tx,
+                           schedule=s.schedule, config=s.config, axis_name=parallel.AXIS)
+  return s.mapper.map_step(step)
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pretrains (resuming from `workdir` if it holds a checkpoint).
+
+  Returns:
+    dict(step=, train_loss=, state=<host TrainState>, setup=<Setup>, preempted=bool).
+
+  Raises:
+    NonFiniteError: NaN/Inf in the loss or gradients.
+    checkpoint.CheckpointError: a checkpoint could not be written.
+  """
+  s = setup(config)
+  os.makedirs(workdir, exist_ok=True)
+  metric_writer.write_json(os.path.join(workdir, 'config.json'), config.to_dict(), merge=False)
+  state = train_step_lib.create_train_state(s.model, s.method, s.tx, config,
+                                            image_shape=s.image_shape)
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  restored_step, state = ckpt.restore_latest(state)
+  start_step = int(state.step)
+  if restored_step is not None:
+    logging.info('resuming from step %d in %s', start_step, ckpt.directory)
+  logging.info('pretraining %s: %d steps (%d per epoch), global batch %d on %d devices (%s)',
+               config.method, s.total_steps, s.steps_per_epoch, config.batch_size,
+               s.mapper.num_devices, config.mapping)
+  writer = metric_writer.MetricWriter(workdir, total_steps=s.total_steps,
+                                      global_batch_size=config.batch_size)
+  step_fn = make_step(s)
+  rng = train_step_lib.run_key(config.seed)
+  batches = pipeline.pretrain_batches(
+      config.dataset, config.augment, global_batch_size=config.batch_size, seed=config.seed,
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  device_state = s.mapper.put_state(state)
+  last_saved = restored_step
+  last_metrics = {}
+  preempted = False
+  with StopSignal() as stop:
+    for step in range(start_step, s.total_steps):
+      batch = s.mapper.put_batch(next(batches))
+      device_state, metrics = step_fn(device_state, batch, rng)
+      if not bool(metrics['finite']):
+        raise NonFiniteError(
+            f'the loss or gradients became NaN/Inf at step {step}. Nothing was saved after the '
+            f'last good checkpoint (step {last_saved}, in {ckpt.directory}). Lower '
+            'config.optimizer.learning_rate or raise config.optimizer.warmup_epochs, then rerun.')
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == s.total_steps:
+        last_metrics = writer.write(done, jax.device_get(metrics))
+      stop_now = stop.received is not None
+      if done % config.checkpoint_every_steps == 0 or done == s.total_steps or stop_now:
+        ckpt.save(done, s.mapper.get_state(device_state))
+        last_saved = done
+      if stop_now:
+        logging.warning('stopped by signal %d at step %d; checkpoint saved. Rerun the same '
+                        'command to resume.', stop.received, done)
+        preempted = True
+        break
+  writer.flush()
+  ckpt.close()
+  host_state = s.mapper.get_state(device_state)
+  return dict(step=int(host_state.step), train_loss=last_metrics.get('train/loss'),
+              train_metrics=last_metrics, state=host_state, setup=s, preempted=preempted)

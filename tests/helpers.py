@@ -1,0 +1,48 @@
+"""Small real-data fixtures shared by tests (real Fashion-MNIST, never noise)."""
+
+import functools
+
+import numpy as np
+
+from configs import base
+from simclr_jax.data import sources
+
+
+@functools.lru_cache(maxsize=None)
+def fashion_mnist(split: str = 'train', n: int = 512):
+  """First n real Fashion-MNIST images as float32 [n, 28, 28, 1] in [0, 1] and int32 labels."""
+  cfg = base.get_config().dataset
+  src = sources.load(cfg, f'{split}[:{n}]')
+  return src.images.astype(np.float32) / 255.0, src.labels.astype(np.int32)
+
+
+def simple_views(images: np.ndarray) -> np.ndarray:
+  """Two cheap deterministic views [n, 2, H, W, C] (a flip and a 2-pixel shift), for tests of the
+  step's maths that must not depend on the augmentation code."""
+  flipped = images[:, :, ::-1]
+  shifted = np.roll(images, 2, axis=1)
+  return np.stack([flipped, shifted], axis=1).astype(np.float32)
+
+
+def tiny_config(**overrides):
+  """A config 'for tests only': ResNet-18 at width 1/8 on 28x28 Fashion-MNIST."""
+  c = base.get_config()
+  c.model.depth = 18
+  c.model.width_multiplier = 0.125
+  c.model.head_out_dim = 16
+  c.dataset.image_size = 28
+  c.augment.preset = 'fashion_mnist'
+  c.batch_size = 16
+  c.num_train_steps = 3
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.learning_rate = 0.5
+  c.loss.temperature = 0.5
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  for k, v in overrides.items():
+    node = c
+    parts = k.split('.')
+    for part in parts[:-1]:
+      node = node[part]
+    node[parts[-1]] = v
+  return c

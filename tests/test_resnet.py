@@ -1,0 +1,207 @@
+"""Tests for simclr_jax.models.resnet.
+
+Shapes and parameter counts use jax.eval_shape (tracing only, no compute). Anything that runs
+uses a ResNet-18 at width 0.125 on 16x16 images, to stay cheap on a small CPU.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simclr_jax.models import ResNet
+from simclr_jax.models import resnet as resnet_lib
+
+TINY_WIDTH = 0.125
+TINY_SHAPE = (4, 16, 16, 3)
+
+
+def _init_shapes(model: ResNet, input_shape: tuple[int, ...]):
+  """Variables and output shapes of model on zeros of input_shape, without computing."""
+  return jax.eval_shape(
+      lambda key: model.init_with_output(key, jnp.zeros(input_shape), train=False),
+      jax.random.key(0))
+
+
+def _num_params(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize('depth, expected', [(50, 23_508_032), (18, 11_176_512)])
+def test_param_count_matches_standard_resnet_without_classifier(depth, expected):
+  # Standard counts (torchvision resnet{18,50}) minus the 1000-way fc layer.
+  _, variables = _init_shapes(ResNet(depth, cifar_stem=False), (1, 224, 224, 3))
+  assert _num_params(variables['params']) == expected
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables['params']))
+
+
+@pytest.mark.parametrize('depth', sorted(resnet_lib.STAGE_SIZES))
+def test_representation_width_every_depth(depth):
+  h, _ = _init_shapes(ResNet(depth), (2, 16, 16, 1))
+  expected = 512 if depth in (18, 34) else 2048
+  assert h.shape == (2, expected)
+  assert h.dtype == jnp.float32
+  assert resnet_lib.representation_dim(depth) == expected
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+@pytest.mark.parametrize('width', [0.125, 0.25, 2.0, 4.0])
+def test_representation_width_scales_with_width_multiplier(depth, width):
+  h, variables = _init_shapes(ResNet(depth, width_multiplier=width), (2, 16, 16, 3))
+  base = 512 if depth == 18 else 2048
+  assert h.shape == (2, int(base * width))
+  assert variables['params']['stem_conv']['kernel'].shape[-1] == int(64 * width)
+
+
+def test_tiny_width_keeps_at_least_one_channel():
+  h, variables = _init_shapes(ResNet(18, width_multiplier=0.001), (2, 16, 16, 3))
+  assert variables['params']['stem_conv']['kernel'].shape[-1] == 1
+  assert h.shape == (2, 1)
+
+
+@pytest.mark.parametrize('side, cifar_stem, expected_kernel, expected_stage1_side', [
+    (32, None, 3, 32),  # Auto: CIFAR stem at <= 32.
+    (28, None, 3, 28),
+    (64, None, 7, 16),  # Auto: ImageNet stem (conv /2, max-pool /2).
+    (32, False, 7, 8),
+    (64, True, 3, 64),
+])
+def test_stem_selection(side, cifar_stem, expected_kernel, expected_stage1_side):
+  model = ResNet(18, width_multiplier=TINY_WIDTH, cifar_stem=cifar_stem)
+  _, variables = _init_shapes(model, (1, side, side, 1))
+  assert variables['params']['stem_conv']['kernel'].shape[:2] == (expected_kernel,) * 2
+  assert 'stem_pool' not in variables['params']
+  _, state = jax.eval_shape(
+      lambda v: model.apply(
+          v, jnp.zeros((1, side, side, 1)), train=False,
+          capture_intermediates=lambda mdl, _: mdl.name == 'stage1_block1',
+          mutable=['intermediates']),
+      variables)
+  stage1_out = state['intermediates']['stage1_block1']['__call__'][0]
+  assert stage1_out.shape[1:3] == (expected_stage1_side,) * 2
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """A tiny ResNet-18, its variables with BN scales made nonzero, and an input batch."""
+  model = ResNet(18, width_multiplier=TINY_WIDTH)
+  x = jax.random.uniform(jax.random.key(1), TINY_SHAPE)
+  variables = jax.jit(lambda key: model.init(key, x, train=False))(jax.random.key(0))
+  # Zero-init last gammas make every block the identity; perturb them so that each block
+  # contributes to h and has nonzero gradients.
+  leaves, treedef = jax.tree.flatten(variables['params'])
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = jax.tree.unflatten(treedef, [
+      p + 0.5 * jax.random.normal(k, p.shape) if p.ndim == 1 else p
+      for p, k in zip(leaves, keys)])
+  return model, {'params': params, 'batch_stats': variables['batch_stats']}, x, variables
+
+
+def test_last_bn_gamma_of_each_block_is_zero(tiny):
+  _, _, _, initial = tiny
+  params = initial['params']
+  blocks = [name for name in params if name.startswith('stage')]
+  assert len(blocks) == 8
+  for name in blocks:
+    np.testing.assert_array_equal(params[name]['bn2']['scale'], 0.0)
+    np.testing.assert_array_equal(params[name]['bn1']['scale'], 1.0)
+    if 'proj_bn' in params[name]:
+      np.testing.assert_array_equal(params[name]['proj_bn']['scale'], 1.0)
+  np.testing.assert_array_equal(params['stem_bn']['scale'], 1.0)
+
+
+def test_bottleneck_last_bn_gamma_is_zero_and_v1_5_stride():
+  block = resnet_lib.BottleneckBlock(
+      filters=4, stride=2,
+      norm=lambda **kw: flax.linen.BatchNorm(use_running_average=True, **kw))
+  y, variables = block.init_with_output(jax.random.key(0), jnp.ones((1, 8, 8, 8)))
+  params = variables['params']
+  assert y.shape == (1, 4, 4, 16)
+  np.testing.assert_array_equal(params['bn3']['scale'], 0.0)
+  np.testing.assert_array_equal(params['bn1']['scale'], 1.0)
+  # v1.5: the 1x1 convs keep the resolution, the 3x3 conv strides.
+  _, state = block.apply(variables, jnp.ones((1, 8, 8, 8)),
+                         capture_intermediates=True, mutable=['intermediates'])
+  assert state['intermediates']['conv1']['__call__'][0].shape[1:3] == (8, 8)
+  assert state['intermediates']['conv2']['__call__'][0].shape[1:3] == (4, 4)
+
+
+def _loss_like(h: jax.Array) -> jax.Array:
+  """A scalar of the order of a classification loss, from a fixed linear map of h."""
+  w = jax.random.normal(jax.random.key(3), (h.shape[-1], 10)) / np.sqrt(h.shape[-1])
+  logits = h @ w
+  return -jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+
+def test_bfloat16_compute_close_to_float32(tiny):
+  model, variables, x, _ = tiny
+  model_bf16 = ResNet(18, width_multiplier=TINY_WIDTH, dtype=jnp.bfloat16)
+
+  def run(m):
+    h, state = m.apply(variables, x, train=True, mutable=['batch_stats'])
+    return _loss_like(h), h, state
+
+  loss32, _, _ = jax.jit(lambda: run(model))()
+  loss16, h16, state16 = jax.jit(lambda: run(model_bf16))()
+  assert h16.dtype == jnp.float32
+  assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(state16))
+  assert abs(float(loss16) - float(loss32)) < 1e-2
+
+
+def test_fine_tune_after_block_freezes_early_blocks(tiny):
+  model, variables, x, _ = tiny
+  k = 2  # stem, stage 1 and stage 2 frozen.
+
+  @jax.jit
+  def grads_and_stats(variables):
+    def loss_fn(params):
+      h, state = model.apply(
+          {'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
+          fine_tune_after_block=k, mutable=['batch_stats'])
+      return jnp.sum(h * jnp.linspace(-1.0, 1.0, h.shape[-1])), state['batch_stats']
+    return jax.grad(loss_fn, has_aux=True)(variables['params'])
+
+  grads, new_stats = grads_and_stats(variables)
+  for name in grads:
+    stage = resnet_lib.stage_of(name)
+    grad_leaves = jax.tree.leaves(grads[name])
+    if stage <= k:
+      assert all(np.all(np.asarray(g) == 0) for g in grad_leaves), name
+    else:
+      assert all(np.any(np.asarray(g) != 0) for g in grad_leaves), name
+  for name in new_stats:
+    stage = resnet_lib.stage_of(name)
+    pairs = list(zip(jax.tree.leaves(variables['batch_stats'][name]),
+                     jax.tree.leaves(new_stats[name])))
+    if stage <= k:
+      for old, new in pairs:
+        np.testing.assert_array_equal(old, new, err_msg=name)
+    else:
+      assert all(np.any(np.asarray(old) != np.asarray(new)) for old, new in pairs), name
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(depth=19), 'depth must be one of'),
+    (dict(depth=50, width_multiplier=0.0), 'width_multiplier'),
+    (dict(depth=50, width_multiplier=-1.0), 'width_multiplier'),
+    (dict(depth=50, width_multiplier=float('nan')), 'width_multiplier'),
+    (dict(depth=50, dtype=jnp.float16), 'dtype'),
+])
+def test_bad_construction_raises(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    ResNet(**kwargs)
+
+
+@pytest.mark.parametrize('k', [-2, 5])
+def test_bad_fine_tune_after_block_raises(k):
+  with pytest.raises(ValueError, match='fine_tune_after_block'):
+    _init_shapes_fine_tune(k)
+
+
+def _init_shapes_fine_tune(k: int):
+  model = ResNet(18, width_multiplier=TINY_WIDTH)
+  return jax.eval_shape(
+      lambda key: model.init(key, jnp.zeros((1, 16, 16, 3)), train=True,
+                             fine_tune_after_block=k),
+      jax.random.key(0))
