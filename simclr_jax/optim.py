@@ -45,8 +45,9 @@ def exclude_bias_and_norm(path: tuple[Any, ...], leaf: jax.Array) -> bool:
   The predicate is the rank: a parameter of rank <= 1 is a per-channel affine term (a Dense or
   Conv bias, a BN scale or offset) and is excluded; weight matrices and conv kernels (rank >= 2)
   are not. Unlike matching names ('bias', 'scale'), this does not depend on how a module names
-  its parameters, and it is the rule the official SimCLR LARS applies by name ('batch_normalization'
-  and 'bias' variables are exactly the rank-1 ones there).
+  its parameters. It selects the same parameters as the official SimCLR LARS, which excludes by
+  name the 'batch_normalization' and 'bias' variables (exactly its rank-1 ones; it also excludes
+  its supervised head, which here is the separately optimised probe).
 
   Args:
     path: key path of the leaf (as from jax.tree_util.tree_map_with_path); unused by the rank

@@ -11,9 +11,14 @@ from simclr_jax.models import build_model, ContrastiveModel, ProjectionHead, Res
 H_DIM = 16
 
 
+def _init_key(seed: int = 0) -> jax.Array:
+  # 'rbg': compiling threefry draws for a ResNet init takes ~15 s on a small CPU, rbg ~1 s.
+  return jax.random.key(seed, impl='rbg')
+
+
 def _apply_head(head: ProjectionHead, train: bool = True):
-  h = jax.random.normal(jax.random.key(0), (8, H_DIM))
-  variables = head.init(jax.random.key(1), h, train=False)
+  h = jnp.asarray(np.random.default_rng(0).standard_normal((8, H_DIM)), jnp.float32)
+  variables = head.init(_init_key(), h, train=False)
   outputs, _ = head.apply(variables, h, train=train, mutable=['batch_stats'])
   return h, variables, outputs
 
@@ -72,8 +77,8 @@ def _tiny_config(**overrides):
 @pytest.fixture(scope='module')
 def tiny_model():
   model = build_model(_tiny_config(), num_classes=10, image_size=16, axis_name=None)
-  x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
-  variables = jax.jit(lambda key: model.init(key, x, train=False))(jax.random.key(1))
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 16, 16, 1)), jnp.float32)
+  variables = jax.jit(lambda key: model.init(key, x, train=False))(_init_key())
   return model, variables, x
 
 

@@ -49,9 +49,9 @@ class Source:
     labels: int32 [N], or None for a streaming source.
     class_names: label -> name, when known.
     num_examples: N (also known for streaming sources).
-    stream: streaming sources only: `stream(process_index, process_count, decode)` returns a
-      `tf.data.Dataset` of `{'image': uint8 [H, W, C] (or encoded bytes if not decode),
-      'label': int32 []}` for this process's shard, in a fixed order.
+    stream: streaming sources only: `stream(process_index, process_count, decode,
+      drop_remainder)` returns a `tf.data.Dataset` of `{'image': uint8 [H, W, C] (or encoded
+      bytes if not decode), 'label': int32 []}` for this process's shard, in a fixed order.
   """
   name: str
   num_classes: int
@@ -65,7 +65,8 @@ class Source:
   def in_memory(self) -> bool:
     return self.images is not None
 
-  def as_dataset(self, process_index: int = 0, process_count: int = 1, decode: bool = True):
+  def as_dataset(self, process_index: int = 0, process_count: int = 1, decode: bool = True,
+                 drop_remainder: bool = False):
     """The split as a `tf.data.Dataset` of {'image': uint8 [H,W,C], 'label': int32 []}.
 
     Args:
@@ -73,16 +74,19 @@ class Source:
         take every `process_count`-th example).
       process_count: number of shards.
       decode: streaming sources only; False leaves 'image' as encoded bytes (cheap skipping).
+      drop_remainder: give every shard the same number of examples (training); False keeps
+        every example (evaluation).
 
     Returns:
       A finite dataset in a fixed order.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if self.stream is not None:
-      return self.stream(process_index, process_count, decode)
+      return self.stream(process_index, process_count, decode, drop_remainder)
+    stop = (len(self.images) // process_count * process_count) if drop_remainder else None
     return tf.data.Dataset.from_tensor_slices(
-        {'image': self.images[process_index::process_count],
-         'label': self.labels[process_index::process_count]})
+        {'image': self.images[process_index:stop:process_count],
+         'label': self.labels[process_index:stop:process_count]})
 
 
 def _fix_hint(name: str) -> str:
@@ -262,7 +266,8 @@ def _load_tfds(name: str, split: str, dataset_config) -> Source:
     if truncate:
       num_examples = min(num_examples, max_n)
 
-    def stream(process_index: int, process_count: int, decode: bool) -> tf.data.Dataset:
+    def stream(process_index: int, process_count: int, decode: bool,
+               drop_remainder: bool) -> tf.data.Dataset:
       # Truncation is on the whole split, so it happens before the per-process sharding.
       full = split
       if truncate:
@@ -270,7 +275,8 @@ def _load_tfds(name: str, split: str, dataset_config) -> Source:
         start_i = _bound(start, builder.info.splits[base].num_examples) or 0
         full = f'{base}[{start_i}:{start_i + num_examples}]'
       host_split = tfds.split_for_jax_process(full, process_index=process_index,
-                                              process_count=process_count, drop_remainder=True)
+                                              process_count=process_count,
+                                              drop_remainder=drop_remainder)
       decoders = None if decode else {'image': tfds.decode.SkipDecoding()}
       ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=decoders,
                               read_config=tfds.ReadConfig(interleave_cycle_length=1))
