@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.head_mode = 'nonlinear'  # none | linear | nonlinear
   c.model.head_num_layers = 2  # 2: SimCLR, 3: SimCLRv2
   c.model.head_out_dim = 128
+  c.model.head_hidden_dim = -1  # width of the hidden head layers; -1: the input width (h's)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'nt_xent'
@@ -66,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.trust_coefficient = 0.001
   c.optimizer.warmup_epochs = 10.0
   c.optimizer.probe_learning_rate = 0.1  # online linear probe (momentum SGD, no scaling)
+  c.optimizer.bias_learning_rate_scale = 1.0  # lr of biases and BN params / lr (BT: 0.0048/0.2)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 512  # feature extraction batch
@@ -83,4 +85,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.finetune_head_layer = 0  # 0: from h; 1: from the first projection layer (SimCLRv2)
   c.eval.transfer_dataset = ''  # name of the target dataset for --mode=transfer
   c.eval.pixel_baseline = True  # logistic regression on raw pixels, reported beside linear eval
+
+  # MoCo (He et al. 2020; v2: Chen et al. 2020), used when method == 'moco'. The temperature is
+  # config.loss.temperature (0.07 v1, 0.2 v2).
+  c.moco = ml_collections.ConfigDict()
+  c.moco.queue_size = 65536  # K keys in the dictionary; a multiple of batch_size
+  c.moco.momentum = 0.999  # m of the key encoder: key = m * key + (1 - m) * query
+  c.moco.symmetric = False  # both views as queries (loss averaged); keys of view 2 enqueued
+
+  # Barlow Twins (Zbontar et al. 2021), used when method == 'barlow_twins'. The projector is
+  # config.model.head_* (paper: 3 layers of 8192).
+  c.barlow_twins = ml_collections.ConfigDict()
+  c.barlow_twins.lambd = 0.0051  # weight of the off-diagonal (redundancy reduction) term
   return c

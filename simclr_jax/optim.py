@@ -168,7 +168,8 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *, global_batch
       lr applied before momentum), so lars vs sgd differ only by layer adaptation.
     'adamw': optax.adamw with decoupled weight decay (scaled by lr, as optax does); the momentum
       field is not used (b1=0.9, b2=0.999).
-  Weight decay is masked by `exclude_bias_and_norm` in all three.
+  Weight decay is masked by `exclude_bias_and_norm` in all three. Those excluded parameters
+  (biases, BN) run at `bias_learning_rate_scale` x the schedule (Barlow Twins: 0.0048 / 0.2).
   probe: momentum SGD at `probe_learning_rate` (constant), no weight decay.
 
   Args:
@@ -199,6 +200,12 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *, global_batch
     backbone = optax.adamw(schedule, weight_decay=optimizer_config.weight_decay, mask=decay_mask)
   else:
     raise ValueError(f'optimizer.name must be one of {OPTIMIZERS}, got {name!r}.')
+  bias_scale = optimizer_config.get('bias_learning_rate_scale', 1.0)
+  if bias_scale != 1.0:
+    # Every transform above is linear in the learning rate once the trust ratio (masked off for
+    # these parameters) is out, so scaling their final update = running them at bias_scale * lr.
+    excluded = lambda params: jax.tree.map(lambda keep: not keep, decay_mask(params))
+    backbone = optax.chain(backbone, optax.masked(optax.scale(bias_scale), excluded))
   probe = optax.sgd(optimizer_config.probe_learning_rate, momentum=optimizer_config.momentum)
   optimizer = optax.multi_transform(
       {'backbone': backbone, 'probe': probe}, param_labels=_partition_labels)

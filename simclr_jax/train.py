@@ -122,9 +122,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       global_batch_size=config.batch_size)
   step_fn = make_step(s)
   rng = train_step_lib.run_key(config.seed)
-  batches = pipeline.pretrain_batches(
-      config.dataset, config.augment, global_batch_size=config.batch_size, seed=config.seed,
-      start_step=start_step, process_index=jax.process_index(),
+  batches = pipeline.batches_from_source(
+      s.source, config.augment, image_size=config.dataset.image_size,
+      global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+      end_step=s.total_steps, process_index=jax.process_index(),
       process_count=jax.process_count())
   device_state = s.mapper.put_state(state)
   last_saved = restored_step

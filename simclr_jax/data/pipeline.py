@@ -172,16 +172,31 @@ def pretrain_batches(dataset_config, augment_config, *, global_batch_size: int, 
   Raises:
     ValueError: batch size not divisible by process_count, or dataset smaller than one batch.
   """
+  host_batch_size(global_batch_size, process_count)  # Fail before loading anything.
+  augment.view_ops(augment_config)  # Likewise for an unknown op or preset.
+  source = sources.load(dataset_config, dataset_config.get('train_split', 'train'))
+  return batches_from_source(source, augment_config, image_size=int(dataset_config.image_size),
+                             global_batch_size=global_batch_size, seed=seed,
+                             start_step=start_step, process_index=process_index,
+                             process_count=process_count, end_step=end_step)
+
+
+def batches_from_source(source: sources.Source, augment_config, *, image_size: int,
+                        global_batch_size: int, seed: int, start_step: int = 0,
+                        process_index: int = 0, process_count: int = 1,
+                        end_step: Optional[int] = None) -> Batches:
+  """`pretrain_batches` on an already loaded `Source` (benchmarks, custom arrays).
+
+  Args and Returns: as `pretrain_batches`, with `image_size` the side of the views.
+  """
   host_batch = host_batch_size(global_batch_size, process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
-  source = sources.load(dataset_config, dataset_config.get('train_split', 'train'))
   if source.num_examples < global_batch_size:
     raise ValueError(f'The training split has {source.num_examples} examples, fewer than one '
                      f'global batch of {global_batch_size}: lower `--config.batch_size` or raise '
                      '`--config.dataset.max_train_examples`.')
-  image_size = int(dataset_config.image_size)
-  augment.view_ops(augment_config)  # Fail early on an unknown op or preset.
+  augment.view_ops(augment_config)
   build = _in_memory_dataset if source.in_memory else _streaming_dataset
   ds = build(source, augment_config, image_size=image_size, host_batch=host_batch, seed=seed,
              start_step=start_step, end_step=end_step, process_index=process_index,

@@ -338,7 +338,8 @@ def _load_image_folder(split: str, dataset_config) -> Source:
     root = os.path.join(root, base)
   classes = _list_class_folders(root)
   if not classes:
-    raise ValueError(f'Image folder {root!r} has no class subfolders (expected root/<class>/*.png).')
+    raise ValueError(f'Image folder {root!r} has no class subfolders (expected '
+                     'root/<class>/*.png).')
   paths, labels = [], []
   for label, cls in enumerate(classes):
     files = sorted(f for f in os.listdir(os.path.join(root, cls))

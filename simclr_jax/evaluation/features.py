@@ -112,6 +112,8 @@ def extract_features(
   num_images = images.shape[0]
   if num_images == 0:
     raise ValueError('images is empty')
+  # Once, up front: host (NumPy) variables would otherwise be copied to the device every batch.
+  variables = jax.device_put(variables)
   batches = []
   for start in range(0, num_images, batch_size):
     batch = to_model_input(np.asarray(images[start:start + batch_size]))

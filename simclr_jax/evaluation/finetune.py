@@ -170,6 +170,8 @@ def train_classifier(
   # there are no statistics to update and inference mode is what the protocol prescribes.
   train_mode = bool(trainable_names)
 
+  # Once, up front: host (NumPy) variables would otherwise be copied to the device every step.
+  variables = jax.device_put(variables)
   params = dict(variables['params'])
   batch_stats = dict(variables.get('batch_stats', {}))
   other_collections = {name: value for name, value in variables.items()

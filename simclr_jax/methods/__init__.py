@@ -1,10 +1,14 @@
 """Self-supervised methods, selected by `config.method`."""
 
+from simclr_jax.methods import barlow_twins
 from simclr_jax.methods import base
+from simclr_jax.methods import moco
 from simclr_jax.methods import simclr
 
 _REGISTRY = {
     'simclr': simclr.SimCLR,
+    'moco': moco.MoCo,
+    'barlow_twins': barlow_twins.BarlowTwins,
 }
 
 

@@ -28,7 +28,9 @@ class ProjectionHead(nn.Module):
     mode: 'nonlinear' (num_layers Dense+BN layers, ReLU between them), 'linear' (one Dense+BN
       to out_dim) or 'none' (z = h).
     num_layers: layers of the nonlinear head (2: SimCLR, 3: SimCLRv2); ignored otherwise.
-    out_dim: width of z; hidden layers keep the input width.
+    out_dim: width of z.
+    hidden_dim: width of the hidden layers; -1 (default) keeps the input width, as SimCLR does
+      (Barlow Twins' projector is 8192 wide on a 2048-wide h).
     dtype: compute dtype; parameters are float32 and outputs are returned as float32.
     axis_name: mapped axis for cross-replica BN statistics, or None.
     bn_momentum: decay of the BN running statistics.
@@ -37,6 +39,7 @@ class ProjectionHead(nn.Module):
   mode: str = 'nonlinear'
   num_layers: int = 2
   out_dim: int = 128
+  hidden_dim: int = -1
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
   bn_momentum: float = 0.9
@@ -49,6 +52,8 @@ class ProjectionHead(nn.Module):
       raise ValueError(f'ProjectionHead num_layers must be >= 1, got {self.num_layers!r}.')
     if self.out_dim < 1:
       raise ValueError(f'ProjectionHead out_dim must be >= 1, got {self.out_dim!r}.')
+    if self.hidden_dim != -1 and self.hidden_dim < 1:
+      raise ValueError(f'ProjectionHead hidden_dim must be -1 or >= 1, got {self.hidden_dim!r}.')
     super().__post_init__()
 
   @nn.compact
@@ -60,7 +65,8 @@ class ProjectionHead(nn.Module):
       train: BN uses batch statistics and updates the running ones (`batch_stats` mutable).
 
     Returns:
-      [h, layer_1, ..., layer_n], all float32: hidden layers are [B, D], the last one (z) is
+      [h, layer_1, ..., layer_n], all float32: hidden layers are [B, hidden_dim] ([B, D] when
+      hidden_dim is -1), the last one (z) is
       [B, out_dim]. 'none' returns [h]; 'linear' returns [h, z].
     """
     outputs = [h.astype(jnp.float32)]
@@ -75,12 +81,13 @@ class ProjectionHead(nn.Module):
         axis_name=self.axis_name,
         dtype=self.dtype,
         param_dtype=jnp.float32)
+    hidden_dim = h.shape[-1] if self.hidden_dim == -1 else self.hidden_dim
     x = h
     for i in range(1, num_layers + 1):
       last = i == num_layers
       # No Dense bias: the BN right after removes any constant offset.
       x = nn.Dense(
-          self.out_dim if last else h.shape[-1],
+          self.out_dim if last else hidden_dim,
           use_bias=False,
           dtype=self.dtype,
           param_dtype=jnp.float32,
@@ -135,7 +142,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
 
   Args:
     model_config: config.model: depth, width_multiplier, cifar_stem, dtype ('float32' |
-      'bfloat16'), bn_momentum, bn_epsilon, head_mode, head_num_layers, head_out_dim.
+      'bfloat16'), bn_momentum, bn_epsilon, head_mode, head_num_layers, head_out_dim,
+      head_hidden_dim.
     num_classes: classes of the online linear probe.
     image_size: side of the input views; picks the stem when model_config.cifar_stem is None.
     axis_name: mapped axis for cross-replica BN, or None.
@@ -163,6 +171,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
       mode=model_config.head_mode,
       num_layers=model_config.head_num_layers,
       out_dim=model_config.head_out_dim,
+      # .get: configs saved before the field existed still load.
+      hidden_dim=model_config.get('head_hidden_dim', -1),
       dtype=dtype,
       axis_name=axis_name,
       bn_momentum=model_config.bn_momentum,
