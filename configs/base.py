@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.trust_coefficient = 0.001
   c.optimizer.warmup_epochs = 10.0
   c.optimizer.probe_learning_rate = 0.1  # online linear probe (momentum SGD, no scaling)
-  c.optimizer.bias_learning_rate_scale = 1.0  # lr of biases and BN params / lr (BT: 0.0048/0.2)
+  c.optimizer.bias_learning_rate_scale = 1.0  # lr of biases & BN / lr (Barlow Twins: 0.0048/0.2)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 512  # feature extraction batch
@@ -97,4 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
   # config.model.head_* (paper: 3 layers of 8192).
   c.barlow_twins = ml_collections.ConfigDict()
   c.barlow_twins.lambd = 0.0051  # weight of the off-diagonal (redundancy reduction) term
+
+  # SimCLR's loss study (Chen et al. 2020, section 5.1, Tables 2, 4, 5); config.loss.name picks
+  # nt_xent | nt_logistic | margin_triplet (simclr_jax/methods/losses.py).
+  c.loss.normalize = True  # l2-normalise z (cosine similarity); False: raw dot products
+  c.loss.margin = 0.4  # margin_triplet: m in max(s_neg - s_pos + m, 0); paper tunes 0..1.6
+  c.loss.negative_mining = 'none'  # nt_logistic, margin_triplet: none | semi_hard
   return c

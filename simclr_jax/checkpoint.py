@@ -9,6 +9,7 @@ position.
 """
 
 import os
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -63,9 +64,20 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return step, flax.serialization.from_state_dict(target, restored)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint step %d in %s is unreadable (%s: %s); trying the previous one',
-                        step, self.directory, type(e).__name__, e)
+        kept = self._set_aside(step)
+        logging.warning('checkpoint step %d in %s is unreadable (%s: %s); kept as %s, trying the '
+                        'previous one', step, self.directory, type(e).__name__, e, kept)
     return None, target
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step out of Orbax's sight (nothing is deleted), so the resumed run
+    can write that step again."""
+    from tensorflow.io import gfile  # pylint: disable=g-import-not-at-top  (handles gs://)
+    src = os.path.join(self.directory, str(step))
+    dst = f'{src}.unreadable-{int(time.time())}'
+    gfile.rename(src, dst)
+    self._manager.reload()
+    return dst
 
   def close(self) -> None:
     self._manager.close()

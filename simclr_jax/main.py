@@ -47,6 +47,10 @@ def main(argv):
   logging.info('process %d of %d; devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   results = run.train_and_evaluate(FLAGS.config, FLAGS.workdir, mode=FLAGS.mode)
+  if results.get('preempted'):
+    # Non-zero, so `main && next_step` does not go on with an unfinished run.
+    raise SystemExit(f'stopped by a signal at step {results.get("step")}; the checkpoint is in '
+                     f'{FLAGS.workdir}. Rerun the same command to resume.')
   if jax.process_index() == 0:
     print(run.summary(results))
 

@@ -1,7 +1,6 @@
 """Metrics to TensorBoard event files and a one-line console progress (process 0 only)."""
 
 import json
-import os
 import time
 from typing import Mapping, Optional
 
@@ -54,18 +53,29 @@ class MetricWriter:
       self._writer.flush()
 
 
+def makedirs(path: str) -> None:
+  """`os.makedirs(path, exist_ok=True)` that also takes gs:// (and other tf.io.gfile) paths."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.io.gfile.makedirs(path)
+
+
 def write_json(path: str, payload: Mapping, *, merge: bool = True) -> dict:
-  """Writes (merging into an existing file) a JSON file atomically, from process 0 only."""
+  """Writes (merging into an existing file) a JSON file atomically, from process 0 only.
+
+  `path` may be local or gs://: tf.io.gfile does the I/O. Locally the rename of the temporary file
+  is atomic; on GCS an object appears whole or not at all, so a reader never sees half a file.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   data = {}
-  if merge and os.path.exists(path):
-    with open(path) as f:
+  if merge and tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
       data = json.load(f)
   data.update({k: _plain(v) for k, v in payload.items()})
   if jax.process_index() == 0:
     tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
+    with tf.io.gfile.GFile(tmp, 'w') as f:
       json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
   return data
 
 

@@ -236,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Runs `mode` (see MODES) and returns the merged results.json contents."""
   if mode not in MODES:
     raise ValueError(f'unknown mode {mode!r}; use one of {MODES}')
-  os.makedirs(workdir, exist_ok=True)
+  metric_writer.makedirs(workdir)  # local or gs://
   config_validation.validate(config)
   results = {}
   state = None
@@ -250,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         **{k: v for k, v in out['train_metrics'].items()
            if k.split('/')[1] in ('contrast_accuracy', 'probe_accuracy', 'images_per_s')}})
     if out['preempted']:
-      return results
+      return {**results, 'preempted': True}
   if mode in ('pretrain', 'transfer'):
     return transfer(config, workdir) if mode == 'transfer' else results
   data = _eval_data(config)

@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -88,15 +88,32 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, image_shape=image_shape)
 
 
+_STEP_CACHE = {}
+
+
 def make_step(s: Setup):
-  """The per-core step, mapped over the devices."""
-  step = functools.partial(train_step_lib.train_step, model=s.model, method=s.method, tx=s.tx,
-                           schedule=s.schedule, config=s.config, axis_name=parallel.AXIS)
-  return s.mapper.map_step(step)
+  """The per-core step, mapped over the devices.
+
+  Cached by (config, devices, mapping): a resumed or repeated run in the same process (tests,
+  notebooks) reuses the compiled step instead of compiling it again.
+  """
+  key = (s.config.to_json(), tuple(d.id for d in s.mapper.devices), s.mapper.mapping)
+  if key not in _STEP_CACHE:
+    step = functools.partial(train_step_lib.train_step, model=s.model, method=s.method, tx=s.tx,
+                             schedule=s.schedule, config=s.config, axis_name=parallel.AXIS)
+    _STEP_CACHE.clear()  # one entry: compiled programs can be large
+    _STEP_CACHE[key] = s.mapper.map_step(step)
+  return _STEP_CACHE[key]
 
 
-def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def pretrain(config: ml_collections.ConfigDict, workdir: str,
+             on_step: Optional[Callable[[int], None]] = None) -> dict:
   """Pretrains (resuming from `workdir` if it holds a checkpoint).
+
+  Args:
+    config: a validated-or-not config (validated here).
+    workdir: checkpoints, TensorBoard events, config.json.
+    on_step: called with the number of steps done after each step (tests, notebooks).
 
   Returns:
     dict(step=, train_loss=, state=<host TrainState>, setup=<Setup>, preempted=bool).
@@ -106,7 +123,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint.CheckpointError: a checkpoint could not be written.
   """
   s = setup(config)
-  os.makedirs(workdir, exist_ok=True)
+  metric_writer.makedirs(workdir)  # local or gs://
   metric_writer.write_json(os.path.join(workdir, 'config.json'), config.to_dict(), merge=False)
   state = train_step_lib.create_train_state(s.model, s.method, s.tx, config,
                                             image_shape=s.image_shape)
@@ -141,6 +158,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f'last good checkpoint (step {last_saved}, in {ckpt.directory}). Lower '
             'config.optimizer.learning_rate or raise config.optimizer.warmup_epochs, then rerun.')
       done = step + 1
+      if on_step is not None:
+        on_step(done)
       if done % config.log_every_steps == 0 or done == s.total_steps:
         last_metrics = writer.write(done, jax.device_get(metrics))
       stop_now = stop.received is not None

@@ -109,3 +109,96 @@ def barlow_twins(z_a, z_b, lambd, epsilon=1e-5):
     return (dy - dy.mean(0) - y * np.mean(dy * y, axis=0)) / sigma
 
   return loss, standardize_backward(da, a, sigma_a), standardize_backward(db, b, sigma_b), c
+
+
+def _pair_similarities(z_a, z_b, normalize):
+  """Rows [z_a; z_b] (view v of image i at row i + v*n), their (unit) vectors, norms, s = u u^T."""
+  z = np.concatenate([np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)])
+  norms = np.linalg.norm(z, axis=1, keepdims=True) if normalize else np.ones((len(z), 1))
+  u = z / norms
+  return u, norms, u @ u.T
+
+
+def _similarity_backward(dsim, u, norms, normalize):
+  """dL/dz from dL/ds with s = u u^T and u = z/|z| (or u = z)."""
+  du = (dsim + dsim.T) @ u
+  if normalize:
+    return (du - u * np.sum(u * du, axis=1, keepdims=True)) / norms
+  return du
+
+
+def _negatives(i, n):
+  """Columns of the 2n - 2 negatives of row i: every other view but its pair."""
+  pair = (i + n) % (2 * n)
+  return [k for k in range(2 * n) if k not in (i, pair)], pair
+
+
+def _semi_hard(s_row, pair, negatives):
+  """SimCLR sec. 5.1 / FaceNet semi-hard negative: the closest negative that is farther than the
+  positive; if every negative is closer than the positive, the farthest negative (TF-Addons'
+  triplet_semihard_loss fallback)."""
+  farther = [k for k in negatives if s_row[k] < s_row[pair]]
+  if farther:
+    return max(farther, key=lambda k: s_row[k])
+  return min(negatives, key=lambda k: s_row[k])
+
+
+def _log1p_exp(x):
+  """softplus(x) = log(1 + e^x), stable."""
+  return np.logaddexp(0.0, x)
+
+
+def _sigmoid(x):
+  return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def nt_logistic(z_a, z_b, temperature, normalize=True, semi_hard=False):
+  """SimCLR Table 2's NT-Logistic, per anchor i with positive p and negatives K(i):
+  l_i = -log sig(s_ip/t) - 1/|K(i)| sum_{k in K(i)} log sig(-s_ik/t), L = mean_i l_i over the 2n
+  anchors (positive and negatives weighted equally); K(i) = the 2n - 2 other views, or only the
+  semi-hard negative. Returns (L, dL/dz_a, dL/dz_b)."""
+  n = np.shape(z_a)[0]
+  u, norms, s = _pair_similarities(z_a, z_b, normalize)
+  loss = 0.0
+  dsim = np.zeros_like(s)
+  for i in range(2 * n):
+    negatives, pair = _negatives(i, n)
+    if semi_hard:
+      negatives = [_semi_hard(s[i], pair, negatives)]
+    x = s[i, pair] / temperature
+    loss += _log1p_exp(-x)
+    dsim[i, pair] += -_sigmoid(-x) / temperature  # d softplus(-x)/dx = -sig(-x)
+    for k in negatives:
+      y = s[i, k] / temperature
+      loss += _log1p_exp(y) / len(negatives)
+      dsim[i, k] += _sigmoid(y) / temperature / len(negatives)
+  loss /= 2 * n
+  dsim /= 2 * n
+  dz = _similarity_backward(dsim, u, norms, normalize)
+  return loss, dz[:n], dz[n:]
+
+
+def margin_triplet(z_a, z_b, margin, normalize=True, semi_hard=False):
+  """SimCLR Table 2's margin triplet, l_i = 1/|K(i)| sum_{k in K(i)} max(s_ik - s_ip + m, 0),
+  L = mean_i l_i, K(i) as in `nt_logistic`. Returns (L, dL/dz_a, dL/dz_b, fraction of the used
+  triplets with a positive hinge)."""
+  n = np.shape(z_a)[0]
+  u, norms, s = _pair_similarities(z_a, z_b, normalize)
+  loss = 0.0
+  active = 0.0
+  dsim = np.zeros_like(s)
+  for i in range(2 * n):
+    negatives, pair = _negatives(i, n)
+    if semi_hard:
+      negatives = [_semi_hard(s[i], pair, negatives)]
+    for k in negatives:
+      h = s[i, k] - s[i, pair] + margin
+      if h > 0:
+        loss += h / len(negatives)
+        active += 1.0 / len(negatives)
+        dsim[i, k] += 1.0 / len(negatives)
+        dsim[i, pair] -= 1.0 / len(negatives)
+  loss /= 2 * n
+  dsim /= 2 * n
+  dz = _similarity_backward(dsim, u, norms, normalize)
+  return loss, dz[:n], dz[n:], active / (2 * n)

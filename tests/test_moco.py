@@ -4,7 +4,6 @@ steps on Fashion-MNIST, and 8 simulated devices == 1 device."""
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -91,7 +90,8 @@ def _z(params, batch_stats, x):
 
 
 def _key_variables(state):
-  return dict(state.extra['key_params'], probe=state.params['probe']), state.extra['key_batch_stats']
+  params = dict(state.extra['key_params'], probe=state.params['probe'])
+  return params, state.extra['key_batch_stats']
 
 
 def _unit(x):

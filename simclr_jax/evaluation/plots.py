@@ -1,6 +1,7 @@
 """2-D t-SNE pictures of a representation, coloured by class."""
 
 from collections.abc import Sequence
+import io
 import os
 
 # Figure + the Agg canvas directly, not pyplot: no global backend switch and no figure registry,
@@ -69,8 +70,13 @@ def embed_plot(
   axes.set_xticks([])
   axes.set_yticks([])
   axes.legend(markerscale=3, fontsize='small', loc='best')
+  # Rendered in memory and written with tf.io.gfile, so that out_path may be gs:// too.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   parent = os.path.dirname(out_path)
   if parent:
-    os.makedirs(parent, exist_ok=True)
-  figure.savefig(out_path, format='png', bbox_inches='tight')
+    tf.io.gfile.makedirs(parent)
+  png = io.BytesIO()
+  figure.savefig(png, format='png', bbox_inches='tight')
+  with tf.io.gfile.GFile(out_path, 'wb') as f:
+    f.write(png.getvalue())
   return out_path

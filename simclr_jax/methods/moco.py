@@ -101,9 +101,11 @@ def check_config(config) -> None:
     raise ValueError(
         f'config.moco.queue_size={queue_size} must be a positive multiple of config.batch_size='
         f'{batch_size}: each step replaces exactly one global batch of keys (the official code '
-        f'asserts the same); e.g. --config.moco.queue_size={max(1, queue_size // batch_size) * batch_size}')
+        f'asserts the same); e.g. --config.moco.queue_size='
+        f'{max(1, queue_size // batch_size) * batch_size}')
   if not 0.0 <= config.moco.momentum <= 1.0:
-    raise ValueError(f'config.moco.momentum={config.moco.momentum} must be in [0, 1] (paper: 0.999)')
+    raise ValueError(
+        f'config.moco.momentum={config.moco.momentum} must be in [0, 1] (paper: 0.999)')
   if not config.loss.temperature > 0:
     raise ValueError(f'config.loss.temperature={config.loss.temperature} must be > 0 '
                      '(MoCo v1: 0.07, v2: 0.2)')
@@ -141,10 +143,10 @@ class MoCo(base.Method):
     both modes. (The official CIFAR demo enqueues both views' keys, i.e. 2N per step.)
 
     Returns:
-      (loss, Aux): `outputs` are the query encoder's over [2n] rows (view 1 then view 2; in the
+      (loss, Aux): `outputs` are the query encoder's over [2n] rows, view 1 then view 2 (in the
       asymmetric case view 1's rows twice: only view 1 goes through the query encoder, and the
-      probe's mean over the [2n] rows is then its mean over view 1); `extra_update` holds this core's normalised keys [n, d] to enqueue and the key
-      encoder's new BN statistics.
+      probe's mean over the [2n] rows is then its mean over view 1). `extra_update` holds this
+      core's normalised keys [n, d] to enqueue and the key encoder's new BN statistics.
     """
     del rng
     if views.ndim != 5 or views.shape[1] != 2:

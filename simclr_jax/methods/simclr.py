@@ -104,12 +104,18 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, *, temperature: float,
 
 
 class SimCLR(base.Method):
-  """Two views through one network, NT-Xent on the projections."""
+  """Two views through one network, a contrastive loss on the projections.
+
+  The loss is config.loss.name: 'nt_xent' (the paper's) or, for the loss study, 'nt_logistic' /
+  'margin_triplet' (simclr_jax/methods/losses.py), all over the same gathered negatives.
+  """
 
   name = 'simclr'
 
   def loss(self, model, params, batch_stats, extra, views, rng, *, config, axis_name):
     del extra, rng
+    # Imported here: losses.py builds on this module's contrastive_logits (import cycle).
+    from simclr_jax.methods import losses  # pylint: disable=g-import-not-at-top
     outputs, batch_stats, z_a, z_b = base.forward_two_views(model, params, batch_stats, views)
-    loss, metrics = nt_xent(z_a, z_b, temperature=config.loss.temperature, axis_name=axis_name)
+    loss, metrics = losses.contrastive_loss(z_a, z_b, config.loss, axis_name=axis_name)
     return loss, base.Aux(metrics=metrics, batch_stats=batch_stats, outputs=outputs)

@@ -1,0 +1,26 @@
+"""CPU default for MoCo v2 on real Fashion-MNIST, the MoCo counterpart of configs/fashion_mnist.py.
+
+Run:
+  python -m simclr_jax.main --config=configs/moco_fashion_mnist.py --workdir=/tmp/moco_fmnist
+
+Everything but the method is the SimCLR CPU default's (data, augmentation, ResNet-18 at width
+1/4, MLP head, temperature 0.2, batch 256, 3 epochs, LARS schedule, evaluation), so a side-by-side
+run compares the losses alone. The paper's SGD recipe is in configs/moco_v2_imagenet.py.
+MoCo settings follow the official CIFAR-10 MoCo demo, scaled to a run of ~700 steps: K = 4096
+(= 16 global batches), m = 0.99 (0.999 averages over ~1000 steps, longer than this run, so the
+key encoder would barely leave its initialisation), symmetric loss (both views as queries; costs
+two forward passes per encoder per step).
+Targets: this project's own measurements (docs/benchmarks.md).
+"""
+
+from configs import fashion_mnist
+
+
+def get_config():
+  c = fashion_mnist.get_config()
+  c.method = 'moco'
+  c.loss.temperature = 0.2  # MoCo v2's value (and the SimCLR CPU default's)
+  c.moco.queue_size = 16 * c.batch_size
+  c.moco.momentum = 0.99
+  c.moco.symmetric = True
+  return c
