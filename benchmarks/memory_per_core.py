@@ -13,15 +13,19 @@ simulated devices as JAX sees on that slice, with the per-device batch 4096 / de
   temp    = XLA's temporary buffers: activations saved for the backward pass, gradients,
             workspaces (the part that grows with the batch),
   peak    = arguments + outputs - donated aliases + temp, per device.
-Nothing runs and no device memory is allocated: only compilation happens (each compile takes a
-few minutes on a laptop CPU, so every (slice, dtype) runs in its own process, which also lets it
-simulate its own device count).
+Nothing runs and no device memory is allocated: only compilation happens (20-60 s per
+(slice, dtype) on a 2-core CPU; each runs in its own process, which also lets it simulate its own
+device count).
 
 Assumptions (see docs/scaling.md): XLA:CPU's buffer assignment stands in for XLA:TPU's. The TPU
-compiler fuses differently, pads minor dimensions to (8, 128) tiles, and may rematerialise, so
-treat the figures as +-30 % estimates of what `jax.devices()[0].memory_stats()` reports on the
-TPU; the state term is exact. With --fit_batches the step is compiled at those per-device batches
-and `temp` and `input` are extrapolated linearly in the batch (activations are linear in it).
+compiler fuses more (BN and ReLU into convolutions) and rematerialises when short of memory; the
+official SimCLR fits 128 images per 16 GiB v3 core where XLA:CPU predicts 32 GiB, so read the
+activation figures as upper bounds (about 2x). XLA:CPU has no native bfloat16 convolutions (it
+converts to float32, apparently holding both copies), so its bfloat16 figures come out higher
+than float32's; on TPU bfloat16 activations take half the bytes.
+The state term is exact. With --fit_batches the step is compiled at those per-device batches and
+`temp` and `input` are extrapolated linearly in the batch (activations are linear in it; checked:
+a fit from 4 and 8 images gives the figure compiled at 16).
 
 Prints a table and one JSON line.
 """
@@ -50,36 +54,6 @@ def _tree_bytes(tree) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
-
-
-def residual_bytes(model, method, state, config, per_device_batch: int, shape) -> int:
-  """Bytes of the activations JAX's autodiff saves for the backward pass of one device's loss.
-
-  Compiler-independent: the residuals of `jax.vjp` of the per-device loss (BN with local
-  statistics, the same shapes as synchronised BN), not counting the params they reference.
-  XLA may rematerialise cheap ones (TPU) or keep extra copies (CPU); this is the figure an
-  ideal compiler without rematerialisation needs.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax.extend import core  # pylint: disable=g-import-not-at-top
-
-  def loss(params, views, batch_stats, extra):
-    value, _ = method.loss(model, params, batch_stats, extra, views, jax.random.key(0),
-                           config=config, axis_name=None)
-    return value
-
-  def residuals(params, views, batch_stats, extra):
-    return jax.vjp(lambda p, v: loss(p, v, batch_stats, extra), params, views)
-
-  views = jax.ShapeDtypeStruct((per_device_batch, 2) + tuple(shape), jnp.float32)
-  closed, out_shape = jax.make_jaxpr(residuals, return_shape=True)(
-      state.params, views, state.batch_stats, state.extra)
-  num_residuals = len(jax.tree.leaves(out_shape[1]))
-  inputs = set(closed.jaxpr.invars)
-  saved = {v for v in closed.jaxpr.outvars[len(closed.jaxpr.outvars) - num_residuals:]
-           if isinstance(v, core.Var) and v not in inputs}
-  return int(sum(v.aval.size * v.aval.dtype.itemsize for v in saved))
 
 
 def compile_and_measure(*, num_devices: int, per_device_batch: int, dtype: str, depth: int,
@@ -125,8 +99,6 @@ def compile_and_measure(*, num_devices: int, per_device_batch: int, dtype: str, 
            'label': jax.ShapeDtypeStruct((global_batch,), jnp.int32,
                                          sharding=mapper.batch_sharding)}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=mapper.replicated)
-  unmapped = build_model(config.model, num_classes=1000, image_size=image_size, axis_name=None)
-  residuals = residual_bytes(unmapped, method, state, config, per_device_batch, shape)
   t0 = time.time()
   compiled = step_fn.lower(jax.tree.map(lambda x: abstract(x, mapper.replicated), state), batch,
                            rng).compile()
@@ -139,7 +111,7 @@ def compile_and_measure(*, num_devices: int, per_device_batch: int, dtype: str, 
       num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
       params_bytes=_tree_bytes(state.params), batch_stats_bytes=_tree_bytes(state.batch_stats),
       opt_state_bytes=_tree_bytes(state.opt_state), state_bytes=_tree_bytes(state),
-      input_bytes=input_bytes, residual_bytes=residuals,
+      input_bytes=input_bytes,
       argument_bytes=int(ma.argument_size_in_bytes), output_bytes=int(ma.output_size_in_bytes),
       alias_bytes=int(ma.alias_size_in_bytes), temp_bytes=int(ma.temp_size_in_bytes),
       code_bytes=int(ma.generated_code_size_in_bytes))
@@ -151,7 +123,8 @@ def _peak(m: dict) -> int:
 
 def _run_child(num_devices, per_device_batch, dtype, args) -> dict:
   """One compile in a fresh process that simulates `num_devices` CPU devices."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+  # JAX_PLATFORMS=cpu: the estimate is XLA:CPU's, on any machine (a TPU host too).
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
   cmd = [sys.executable, os.path.abspath(__file__), '--_child',
          f'--_num_devices={num_devices}', f'--_per_device_batch={per_device_batch}',

@@ -1,12 +1,13 @@
 """Throughput of the project's own SimCLR train step (the real mapped step, not a copy).
 
   python benchmarks/train_step.py --depth=18 --width_multiplier=1 --image_size=32 \
-    --batch_size=128 --num_devices=1
+    --batch_size=128 --num_devices=1 [--conv_impl=xla|im2col|shifted_matmul]
 
 Prints a short table and one JSON line: images_per_s (views per second: 2N per step),
 step_s_median/min/max over --steps timed steps after warm-up, compile_s, peak_rss_mb,
 flops_per_step (XLA cost analysis), achieved_flops_per_s, and ceiling_fraction: achieved FLOP/s
-over a float32 matmul ceiling measured on this machine (CPU), or mfu against --peak_flops (GPU/TPU).
+over a float32 matmul ceiling measured on this machine (CPU), or mfu against --peak_flops (GPU/TPU),
+and conv_impl. `build_step` is also what benchmarks/compare_cpu.py times beside PyTorch.
 """
 
 import os
@@ -53,6 +54,8 @@ flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
 flags.DEFINE_float('peak_flops', 0.0, 'Accelerator peak FLOP/s for MFU (0: measure a CPU '
                    'matmul ceiling).')
 flags.DEFINE_string('cifar_stem', 'auto', 'auto | true | false.')
+flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'im2col', 'shifted_matmul'],
+                  'How convolutions are lowered (config.model.conv_impl).')
 FLAGS = flags.FLAGS
 
 
@@ -69,22 +72,31 @@ def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n ** 3 / best
 
 
-def main(argv):
-  del argv
+def build_step(*, depth: int = 18, width_multiplier: float = 1.0, image_size: int = 32,
+               channels: int = 3, batch_size: int = 128, dtype: str = 'float32',
+               num_devices: int = 1, mapping: str = 'shard_map', head_out_dim: int = 128,
+               cifar_stem=None, conv_impl: str = 'xla'):
+  """Builds, compiles and runs once the project's mapped SimCLR step on a fixed batch.
+
+  Returns:
+    (step, info): `step()` runs one more step (the state is donated and carried inside) and
+    returns its metrics, ready; info has compile_s (compile + first step) and flops_per_step
+    (XLA cost analysis of the whole step; None under pmap).
+  """
   c = base.get_config()
-  c.model.depth = FLAGS.depth
-  c.model.width_multiplier = FLAGS.width_multiplier
-  c.model.dtype = FLAGS.dtype
-  c.model.head_out_dim = FLAGS.head_out_dim
-  c.model.cifar_stem = {'auto': None, 'true': True, 'false': False}[FLAGS.cifar_stem]
-  c.batch_size = FLAGS.batch_size
+  c.model.depth = depth
+  c.model.width_multiplier = width_multiplier
+  c.model.dtype = dtype
+  c.model.head_out_dim = head_out_dim
+  c.model.cifar_stem = cifar_stem
+  c.model.conv_impl = conv_impl
+  c.batch_size = batch_size
   c.loss.temperature = 0.5
   c.optimizer.warmup_epochs = 0.0
-  shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
-  mapper = parallel.Mapper(FLAGS.mapping, FLAGS.num_devices)
-  mapper.check_batch_size(FLAGS.batch_size)
-  model = build_model(c.model, num_classes=10, image_size=FLAGS.image_size,
-                      axis_name=parallel.AXIS)
+  shape = (image_size, image_size, channels)
+  mapper = parallel.Mapper(mapping, num_devices)
+  mapper.check_batch_size(batch_size)
+  model = build_model(c.model, num_classes=10, image_size=image_size, axis_name=parallel.AXIS)
   method = methods.get_method('simclr')
   tx, schedule = optim.build_optimizer(c.optimizer, global_batch_size=c.batch_size,
                                        total_steps=1000, steps_per_epoch=100)
@@ -94,45 +106,60 @@ def main(argv):
   step_fn = mapper.map_step(step)
   # Real-looking inputs are not needed for timing: the step's cost does not depend on pixels.
   rng = np.random.default_rng(0)
-  host_batch = {'views': rng.uniform(size=(FLAGS.batch_size, 2) + shape).astype(np.float32),
-                'label': rng.integers(0, 10, FLAGS.batch_size).astype(np.int32)}
+  host_batch = {'views': rng.uniform(size=(batch_size, 2) + shape).astype(np.float32),
+                'label': rng.integers(0, 10, batch_size).astype(np.int32)}
   batch = mapper.put_batch(host_batch)
-  device_state = mapper.put_state(state)
+  carried = {'state': mapper.put_state(state)}
   key = train_step_lib.run_key(0)
 
   flops = None
   t0 = time.perf_counter()
-  if FLAGS.mapping == 'shard_map':
-    compiled = step_fn.lower(device_state, batch, key).compile()
+  if mapping == 'shard_map':
+    compiled = step_fn.lower(carried['state'], batch, key).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', 0.0)) if cost else None
     run = compiled
   else:
     run = step_fn
-  device_state, metrics = run(device_state, batch, key)
-  jax.block_until_ready(metrics)
+
+  def one_step():
+    carried['state'], metrics = run(carried['state'], batch, key)
+    return jax.block_until_ready(metrics)
+
+  one_step()
   compile_s = time.perf_counter() - t0
+  # cost_analysis of a shard_map'ed step counts one core's program; the step runs it on each.
+  flops_per_step = flops * mapper.num_devices if flops else None
+  return one_step, dict(compile_s=compile_s, flops_per_step=flops_per_step)
+
+
+def main(argv):
+  del argv
+  one_step, info = build_step(
+      depth=FLAGS.depth, width_multiplier=FLAGS.width_multiplier, image_size=FLAGS.image_size,
+      channels=FLAGS.channels, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
+      num_devices=FLAGS.num_devices, mapping=FLAGS.mapping, head_out_dim=FLAGS.head_out_dim,
+      cifar_stem={'auto': None, 'true': True, 'false': False}[FLAGS.cifar_stem],
+      conv_impl=FLAGS.conv_impl)
   for _ in range(FLAGS.warmup_steps):
-    device_state, metrics = run(device_state, batch, key)
-  jax.block_until_ready(metrics)
+    metrics = one_step()
   times = []
   for _ in range(FLAGS.steps):
     t0 = time.perf_counter()
-    device_state, metrics = run(device_state, batch, key)
-    jax.block_until_ready(metrics)
+    metrics = one_step()
     times.append(time.perf_counter() - t0)
   median = float(np.median(times))
-  # cost_analysis of a shard_map'ed step counts one core's program; the step runs it on each.
-  flops_per_step = flops * mapper.num_devices if flops else None
+  flops_per_step = info['flops_per_step']
   result = dict(
       depth=FLAGS.depth, width_multiplier=FLAGS.width_multiplier, image_size=FLAGS.image_size,
       batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, num_devices=FLAGS.num_devices,
       mapping=FLAGS.mapping, backend=jax.default_backend(),
       images_per_s=2 * FLAGS.batch_size / median, step_s_median=median,
-      step_s_min=float(np.min(times)), step_s_max=float(np.max(times)), compile_s=compile_s,
+      step_s_min=float(np.min(times)), step_s_max=float(np.max(times)),
+      compile_s=info['compile_s'],
       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      flops_per_step=flops_per_step, loss=float(metrics['loss']))
+      flops_per_step=flops_per_step, loss=float(metrics['loss']), conv_impl=FLAGS.conv_impl)
   if flops_per_step:
     result['achieved_flops_per_s'] = flops_per_step / median
     if FLAGS.peak_flops > 0:

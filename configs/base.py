@@ -103,4 +103,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.normalize = True  # l2-normalise z (cosine similarity); False: raw dot products
   c.loss.margin = 0.4  # margin_triplet: m in max(s_neg - s_pos + m, 0); paper tunes 0..1.6
   c.loss.negative_mining = 'none'  # nt_logistic, margin_triplet: none | semi_hard
+
+  # How the encoder's convolutions are lowered (simclr_jax/models/conv.py): xla (nn.Conv; TPU,
+  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs). docs/benchmarks.md.
+  c.model.conv_impl = 'xla'
   return c

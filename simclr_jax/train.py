@@ -116,7 +116,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
     on_step: called with the number of steps done after each step (tests, notebooks).
 
   Returns:
-    dict(step=, train_loss=, state=<host TrainState>, setup=<Setup>, preempted=bool).
+    dict(step=, train_loss=, train_metrics= (last logged), history= (every logged step),
+    state=<host TrainState>, setup=<Setup>, preempted=bool).
 
   Raises:
     NonFiniteError: NaN/Inf in the loss or gradients.
@@ -147,6 +148,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
   device_state = s.mapper.put_state(state)
   last_saved = restored_step
   last_metrics = {}
+  history = []
   preempted = False
   with StopSignal() as stop:
     for step in range(start_step, s.total_steps):
@@ -162,6 +164,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
         on_step(done)
       if done % config.log_every_steps == 0 or done == s.total_steps:
         last_metrics = writer.write(done, jax.device_get(metrics))
+        history.append({'step': done, **last_metrics})
       stop_now = stop.received is not None
       if done % config.checkpoint_every_steps == 0 or done == s.total_steps or stop_now:
         ckpt.save(done, s.mapper.get_state(device_state))
@@ -175,4 +178,5 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
   ckpt.close()
   host_state = s.mapper.get_state(device_state)
   return dict(step=int(host_state.step), train_loss=last_metrics.get('train/loss'),
-              train_metrics=last_metrics, state=host_state, setup=s, preempted=preempted)
+              train_metrics=last_metrics, history=history, state=host_state, setup=s,
+              preempted=preempted)

@@ -18,9 +18,9 @@ from absl import flags
 
 from studies import common
 
-flags.DEFINE_list('batch_sizes', ['128', '256', '512', '1024'], 'Global batch sizes (images).')
-flags.DEFINE_list('epochs', ['1', '2', '4'], 'Training lengths in epochs of the train subset '
-                  '(times --budget_scale).')
+flags.DEFINE_list('batch_sizes', ['128', '256', '512'], 'Global batch sizes (images).')
+flags.DEFINE_list('epochs', ['1', '3'], 'Training lengths in epochs of the train subset; '
+                  'scaled like the base budget once --budget_scale has filled the 60000 images.')
 FLAGS = flags.FLAGS
 
 

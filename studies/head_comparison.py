@@ -49,7 +49,7 @@ def plot(cells, path, title):
   ax.set_ylabel('linear eval top-1 (%)')
   ax.set_ylim(min(h + gh) - 10, 100)
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8, loc='lower right')
+  ax.legend(fontsize=8, loc='upper left', ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -19,8 +19,8 @@ from absl import flags
 
 from studies import common
 
-flags.DEFINE_list('nt_xent_temperatures', ['0.1', '0.2', '0.5'], 'NT-Xent tau (l2-normalised).')
-flags.DEFINE_list('nt_xent_unnormalized_temperatures', ['10', '100'],
+flags.DEFINE_list('nt_xent_temperatures', ['0.2', '0.5'], 'NT-Xent tau (l2-normalised).')
+flags.DEFINE_list('nt_xent_unnormalized_temperatures', ['10'],
                   'NT-Xent tau on raw dot products (paper Table 5: 10, 100).')
 flags.DEFINE_list('nt_logistic_temperatures', ['0.2', '0.5'], 'NT-Logistic tau.')
 flags.DEFINE_list('margins', ['0.4', '0.8'], 'Margin triplet m.')
@@ -73,7 +73,7 @@ def plot(best, path, title):
   ax.set_ylabel('linear eval top-1 (%)')
   ax.set_ylim(min(ours + [p for p in paper if p == p]) - 10, 100)
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8, loc='lower right')
+  ax.legend(fontsize=8, loc='upper left', ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

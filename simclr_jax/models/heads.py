@@ -143,7 +143,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
   Args:
     model_config: config.model: depth, width_multiplier, cifar_stem, dtype ('float32' |
       'bfloat16'), bn_momentum, bn_epsilon, head_mode, head_num_layers, head_out_dim,
-      head_hidden_dim.
+      head_hidden_dim, conv_impl ('xla' | 'im2col' | 'shifted_matmul').
     num_classes: classes of the online linear probe.
     image_size: side of the input views; picks the stem when model_config.cifar_stem is None.
     axis_name: mapped axis for cross-replica BN, or None.
@@ -166,7 +166,9 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
       dtype=dtype,
       axis_name=axis_name,
       bn_momentum=model_config.bn_momentum,
-      bn_epsilon=model_config.bn_epsilon)
+      bn_epsilon=model_config.bn_epsilon,
+      # .get: configs saved before the field existed still load.
+      conv_impl=model_config.get('conv_impl', 'xla'))
   head = ProjectionHead(
       mode=model_config.head_mode,
       num_layers=model_config.head_num_layers,

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simclr_jax.models import conv as conv_lib
+
 # depth -> (block kind, blocks per stage).
 STAGE_SIZES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ('basic', (2, 2, 2, 2)),
@@ -45,19 +47,33 @@ def representation_dim(depth: int, width_multiplier: float = 1.0) -> int:
   return scaled_width(64 * 2 ** (NUM_STAGES - 1), width_multiplier) * expansion
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
+          impl: str = 'xla') -> nn.Module:
   # Symmetric explicit padding (k - 1) // 2, as torchvision and TF's fixed_padding: 'SAME' pads
   # a stride-2 conv asymmetrically, which shifts the features by half a pixel.
   pad = (kernel - 1) // 2
-  return nn.Conv(
+  if impl == 'xla':
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,  # BN follows and has its own offset.
+        kernel_init=_conv_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name)
+  # Matmul-lowered convs (CPU): nn.Conv's parameter tree and init, so checkpoints move between
+  # implementations unchanged.
+  return conv_lib.Conv(
       features,
       (kernel, kernel),
       strides=(stride, stride),
       padding=((pad, pad), (pad, pad)),
-      use_bias=False,  # BN follows and has its own offset.
       kernel_init=_conv_init,
       dtype=dtype,
       param_dtype=jnp.float32,
+      impl=impl,
       name=name)
 
 
@@ -69,24 +85,27 @@ class BasicBlock(nn.Module):
     stride: stride of the first conv (and of the projection shortcut).
     norm: partially applied nn.BatchNorm (train/eval mode, momentum, axis_name already bound).
     dtype: compute dtype.
+    conv_impl: how convolutions are lowered (simclr_jax.models.conv.CONV_IMPLS).
   """
   filters: int
   stride: int
   norm: Any
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, H / stride, W / stride, filters]."""
     residual = x
-    y = _conv(self.filters, 3, self.stride, self.dtype, 'conv1')(x)
+    y = _conv(self.filters, 3, self.stride, self.dtype, 'conv1', self.conv_impl)(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = _conv(self.filters, 3, 1, self.dtype, 'conv2')(y)
+    y = _conv(self.filters, 3, 1, self.dtype, 'conv2', self.conv_impl)(y)
     # Zero gamma: every block starts as the identity, which helps large-batch training
     # (Goyal et al. 2017), as in the official SimCLR code.
     y = self.norm(name='bn2', scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
-      residual = _conv(self.filters, 1, self.stride, self.dtype, 'proj_conv')(residual)
+      residual = _conv(self.filters, 1, self.stride, self.dtype, 'proj_conv',
+                       self.conv_impl)(residual)
       residual = self.norm(name='proj_bn')(residual)
     return nn.relu(residual + y)
 
@@ -99,24 +118,27 @@ class BottleneckBlock(nn.Module):
     stride: stride of the 3x3 conv (and of the projection shortcut).
     norm: partially applied nn.BatchNorm.
     dtype: compute dtype.
+    conv_impl: how convolutions are lowered (simclr_jax.models.conv.CONV_IMPLS).
   """
   filters: int
   stride: int
   norm: Any
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, H / stride, W / stride, 4 * filters]."""
     residual = x
-    y = _conv(self.filters, 1, 1, self.dtype, 'conv1')(x)
+    y = _conv(self.filters, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = _conv(self.filters, 3, self.stride, self.dtype, 'conv2')(y)
+    y = _conv(self.filters, 3, self.stride, self.dtype, 'conv2', self.conv_impl)(y)
     y = nn.relu(self.norm(name='bn2')(y))
-    y = _conv(4 * self.filters, 1, 1, self.dtype, 'conv3')(y)
+    y = _conv(4 * self.filters, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
     y = self.norm(name='bn3', scale_init=nn.initializers.zeros)(y)  # Identity at init.
     if residual.shape != y.shape:
-      residual = _conv(4 * self.filters, 1, self.stride, self.dtype, 'proj_conv')(residual)
+      residual = _conv(4 * self.filters, 1, self.stride, self.dtype, 'proj_conv',
+                       self.conv_impl)(residual)
       residual = self.norm(name='proj_bn')(residual)
     return nn.relu(residual + y)
 
@@ -136,6 +158,8 @@ class ResNet(nn.Module):
     axis_name: mapped axis over which BN averages batch statistics (cross-replica BN), or None.
     bn_momentum: decay of the BN running statistics.
     bn_epsilon: BN variance epsilon.
+    conv_impl: 'xla' (nn.Conv, the default; right for TPU/GPU), or 'im2col' / 'shifted_matmul':
+      convolutions as matmuls, for CPUs where XLA's convolution is slow. Same parameters.
   """
   depth: int
   width_multiplier: float = 1.0
@@ -144,6 +168,7 @@ class ResNet(nn.Module):
   axis_name: Optional[str] = None
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  conv_impl: str = 'xla'
 
   def __post_init__(self) -> None:
     # Fail at construction, before anything is traced or compiled.
@@ -157,6 +182,9 @@ class ResNet(nn.Module):
           f'got {w!r}.')
     if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
       raise ValueError(f'ResNet dtype must be float32 or bfloat16, got {self.dtype!r}.')
+    if self.conv_impl not in conv_lib.CONV_IMPLS:
+      raise ValueError(
+          f'ResNet conv_impl must be one of {conv_lib.CONV_IMPLS}, got {self.conv_impl!r}.')
     super().__post_init__()
 
   @nn.compact
@@ -202,10 +230,10 @@ class ResNet(nn.Module):
 
     y = x.astype(self.dtype)
     if cifar_stem:
-      y = _conv(width(64), 3, 1, self.dtype, 'stem_conv')(y)
+      y = _conv(width(64), 3, 1, self.dtype, 'stem_conv', self.conv_impl)(y)
       y = nn.relu(norm_for(0)(name='stem_bn')(y))
     else:
-      y = _conv(width(64), 7, 2, self.dtype, 'stem_conv')(y)
+      y = _conv(width(64), 7, 2, self.dtype, 'stem_conv', self.conv_impl)(y)
       y = nn.relu(norm_for(0)(name='stem_bn')(y))
       y = nn.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     y = maybe_freeze(y, 0)
@@ -220,6 +248,7 @@ class ResNet(nn.Module):
             stride=2 if stage > 1 and j == 0 else 1,
             norm=norm_for(stage),
             dtype=self.dtype,
+            conv_impl=self.conv_impl,
             name=f'stage{stage}_block{j + 1}')(y)
       y = maybe_freeze(y, stage)
 

@@ -1,0 +1,224 @@
+"""Our SimCLR step beside PyTorch's on this CPU, timed interleaved in one run.
+
+  python benchmarks/compare_cpu.py --batch_size=128 --rounds=5 \
+    --variants=torch,jax:xla,jax:im2col,jax:im2col:devices=2
+
+Each variant lives in its own worker process (JAX's simulated device count and XLA flags are
+fixed at process start), is built and warmed up, then waits. The parent then times the variants
+one step at a time in turns, A, B, C, A, B, C, ..., so a load change on a shared machine hits
+every variant alike; it reports medians, the ratio of every variant to the first 'torch' one,
+and the load average at each round.
+
+Variant syntax: `torch[:threads=T][:format=contiguous]`, or
+`jax:<conv_impl>[:devices=D][:flags=<extra XLA flags, ';' for spaces>]`, or `ceiling` (a
+2048^3 float32 jitted matmul, the machine's matmul ceiling, timed in the same turns so it sees
+the same load). FLOPs per step are XLA's cost analysis of the 'xla' step (the same math for
+every variant), so ceiling_fraction compares like with like.
+
+Prints one table and one JSON line.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CEILING_N = 2048
+
+
+def _parse(spec: str) -> dict:
+  parts = spec.split(':')
+  out = {'kind': parts[0], 'spec': spec}
+  if out['kind'] == 'jax':
+    out['conv_impl'] = parts[1] if len(parts) > 1 else 'xla'
+    rest = parts[2:]
+  else:
+    rest = parts[1:]
+  for part in rest:
+    key, value = part.split('=', 1)
+    out[key] = value
+  if out['kind'] not in ('jax', 'torch', 'ceiling'):
+    raise ValueError(f'unknown variant {spec!r}')
+  return out
+
+
+def _worker(args) -> None:
+  """Builds one variant, says READY with its info, then runs one step per line on stdin."""
+  v = _parse(args.worker)
+  info = {}
+  if v['kind'] == 'torch':
+    import torch_train_step  # pylint: disable=g-import-not-at-top
+    step, _ = torch_train_step.build(
+        batch_size=args.batch_size, image_size=args.image_size, channels=args.channels,
+        width_multiplier=args.width_multiplier, head_out_dim=args.head_out_dim,
+        channels_last=v.get('format', 'channels_last') == 'channels_last',
+        threads=int(v.get('threads', 0)))
+    import torch  # pylint: disable=g-import-not-at-top
+    info['threads'] = torch.get_num_threads()
+    info['torch_version'] = torch.__version__
+  elif v['kind'] == 'jax':
+    sys.argv = sys.argv[:1]  # train_step.py's absl flags are not parsed here.
+    import train_step as jax_bench  # pylint: disable=g-import-not-at-top
+    step, info = jax_bench.build_step(
+        depth=18, width_multiplier=args.width_multiplier, image_size=args.image_size,
+        channels=args.channels, batch_size=args.batch_size, head_out_dim=args.head_out_dim,
+        num_devices=int(v.get('devices', 1)), conv_impl=v['conv_impl'])
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    a = jnp.ones((_CEILING_N, _CEILING_N), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+
+    def step():
+      # Best of 3: the ceiling is what the machine can do under the current load.
+      best = float('inf')
+      for _ in range(3):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+      return best
+
+    step()
+  for _ in range(args.warmup_steps):
+    step()
+  print('READY ' + json.dumps(info), flush=True)
+  for line in sys.stdin:
+    if line.strip() != 'STEP':
+      break
+    t0 = time.perf_counter()
+    out = step()
+    elapsed = time.perf_counter() - t0
+    if v['kind'] == 'ceiling':
+      elapsed = out
+    print(f'TIME {elapsed}', flush=True)
+
+
+def _start(spec: str, args) -> subprocess.Popen:
+  v = _parse(spec)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  flags = env.get('XLA_FLAGS', '')
+  if v['kind'] == 'jax':
+    flags += f" --xla_force_host_platform_device_count={int(v.get('devices', 1))}"
+    flags += ' ' + v.get('flags', '').replace(';', ' ')
+  env['XLA_FLAGS'] = flags.strip()
+  env['PYTHONPATH'] = os.pathsep.join(
+      [_HERE, os.path.dirname(_HERE), env.get('PYTHONPATH', '')]).strip(os.pathsep)
+  cmd = [sys.executable, os.path.abspath(__file__), f'--worker={spec}']
+  for k in ('batch_size', 'image_size', 'channels', 'width_multiplier', 'head_out_dim',
+            'warmup_steps'):
+    cmd.append(f'--{k}={getattr(args, k)}')
+  return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _read(proc: subprocess.Popen, prefix: str) -> str:
+  while True:
+    line = proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'worker {proc.args[-1]} exited (rc {proc.wait()})')
+    if line.startswith(prefix):
+      return line[len(prefix):].strip()
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--variants', default='torch,jax:xla')
+  parser.add_argument('--batch_size', type=int, default=128, help='N images (2N views).')
+  parser.add_argument('--image_size', type=int, default=32)
+  parser.add_argument('--channels', type=int, default=3)
+  parser.add_argument('--width_multiplier', type=float, default=1.0)
+  parser.add_argument('--head_out_dim', type=int, default=128)
+  parser.add_argument('--rounds', type=int, default=5, help='Timed steps per variant.')
+  parser.add_argument('--warmup_steps', type=int, default=1)
+  parser.add_argument('--sequential_build', action='store_true',
+                      help='Build workers one after the other (less memory at once).')
+  parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    _worker(args)
+    return
+
+  specs = args.variants.split(',')
+  for spec in specs:
+    _parse(spec)
+  procs, infos = {}, {}
+  for spec in specs:
+    procs[spec] = _start(spec, args)
+    if args.sequential_build:
+      infos[spec] = json.loads(_read(procs[spec], 'READY '))
+  for spec in specs:
+    if spec not in infos:
+      infos[spec] = json.loads(_read(procs[spec], 'READY '))
+  times = {spec: [] for spec in specs}
+  loads = []
+  for _ in range(args.rounds):
+    loads.append(os.getloadavg()[0])
+    for spec in specs:
+      procs[spec].stdin.write('STEP\n')
+      procs[spec].stdin.flush()
+      times[spec].append(float(_read(procs[spec], 'TIME ')))
+  for proc in procs.values():
+    proc.stdin.close()
+    proc.wait()
+
+  flops = next((infos[s]['flops_per_step'] for s in specs
+                if s.startswith('jax') and _parse(s)['conv_impl'] == 'xla'
+                and infos[s].get('flops_per_step')), None)
+  if flops is None:
+    flops = next((infos[s]['flops_per_step'] for s in specs if infos[s].get('flops_per_step')),
+                 None)
+  ceiling = None
+  if 'ceiling' in specs:
+    ceiling = 2 * _CEILING_N ** 3 / float(np.median(times['ceiling']))
+  torch_spec = next((s for s in specs if s.startswith('torch')), None)
+  rows = []
+  for spec in specs:
+    if spec == 'ceiling':
+      continue
+    median = float(np.median(times[spec]))
+    row = dict(variant=spec, images_per_s=2 * args.batch_size / median, step_s_median=median,
+               step_s_min=float(np.min(times[spec])), step_s_max=float(np.max(times[spec])),
+               step_s_all=times[spec], **infos[spec])
+    if flops:
+      row['achieved_flops_per_s'] = flops / median
+      if ceiling:
+        row['ceiling_fraction'] = flops / median / ceiling
+    rows.append(row)
+  if torch_spec:
+    torch_ips = next(r['images_per_s'] for r in rows if r['variant'] == torch_spec)
+    for row in rows:
+      row['ratio_vs_torch'] = row['images_per_s'] / torch_ips
+  # Ratios per round too: within a round the variants ran back to back under similar load.
+  if torch_spec:
+    for row in rows:
+      per_round = np.asarray(times[torch_spec]) / np.asarray(times[row['variant']])
+      row['ratio_vs_torch_per_round_median'] = float(np.median(per_round))
+
+  print(f'batch_size N={args.batch_size} ({2 * args.batch_size} views), '
+        f'{args.image_size}x{args.image_size}x{args.channels}, width {args.width_multiplier}, '
+        f'{args.rounds} interleaved rounds, load avg per round {[round(x, 1) for x in loads]}')
+  if ceiling:
+    print(f'matmul ceiling (median of rounds) {ceiling / 1e9:.1f} GFLOP/s; '
+          f'step FLOPs {flops / 1e9 if flops else float("nan"):.1f} G')
+  print(f"{'variant':<40}{'views/s':>9}{'step s':>9}{'min':>8}{'max':>8}{'ceil%':>7}"
+        f"{'x torch':>9}{'x/round':>9}")
+  for r in rows:
+    print(f"{r['variant']:<40}{r['images_per_s']:>9.2f}{r['step_s_median']:>9.2f}"
+          f"{r['step_s_min']:>8.2f}{r['step_s_max']:>8.2f}"
+          f"{100 * r.get('ceiling_fraction', float('nan')):>7.1f}"
+          f"{r.get('ratio_vs_torch', float('nan')):>9.2f}"
+          f"{r.get('ratio_vs_torch_per_round_median', float('nan')):>9.2f}")
+  print(json.dumps(dict(batch_size=args.batch_size, image_size=args.image_size,
+                        channels=args.channels, width_multiplier=args.width_multiplier,
+                        rounds=args.rounds, load_avg_per_round=loads,
+                        matmul_ceiling_flops_per_s=ceiling, flops_per_step=flops,
+                        date=time.strftime('%Y-%m-%d'), cpu_count=os.cpu_count(),
+                        results=rows)))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,141 @@
+"""Convolutions lowered as matrix multiplies, for backends whose native convolution is slow.
+
+XLA:CPU runs a 3x3, 64-channel convolution (and its two gradients) at a fraction of the speed
+of its matrix multiply, while a matmul of the same FLOPs reaches near the machine's ceiling.
+A convolution is a sum of matmuls over the kernel taps, so on CPU it can be written as:
+
+- 'im2col': the kh*kw shifted (strided) views of the padded input are concatenated on the
+  channel axis, [B, Ho, Wo, kh*kw*Cin], and multiplied once by the kernel reshaped to
+  [kh*kw*Cin, Cout]: one big matmul (K = 9*Cin for 3x3), at the cost of a kh*kw times larger
+  patch tensor, which autodiff also keeps for the weight gradient.
+- 'shifted_matmul': the sum over the kh*kw taps of (shifted view) @ kernel[i, j], i.e. kh*kw
+  1x1 convolutions: no patch tensor, but kh*kw smaller matmuls (K = Cin) and kh*kw
+  accumulations.
+- 'xla': `lax.conv_general_dilated`, what `nn.Conv` does (the default; the right choice on
+  TPU/GPU, where the convolution units are the fast path).
+
+All three compute the same function with the same parameter: `Conv` is a drop-in for `nn.Conv`
+(NHWC input, explicit padding, no bias) whose one parameter is `kernel` [kh, kw, Cin, Cout],
+initialised exactly as `nn.Conv` does, so checkpoints move between implementations unchanged.
+Gradients come from autodiff of the chosen form.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul')
+
+Padding = Sequence[tuple[int, int]]
+
+
+def _check(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Padding) -> None:
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(f'conv expects x [B, H, W, C] and kernel [kh, kw, Cin, Cout]; got '
+                     f'{x.shape} and {kernel.shape}.')
+  if x.shape[-1] != kernel.shape[2]:
+    raise ValueError(f'conv input has {x.shape[-1]} channels, kernel expects {kernel.shape[2]}.')
+  if len(strides) != 2 or len(padding) != 2:
+    raise ValueError(f'conv needs 2 strides and 2 (lo, hi) paddings; got {strides}, {padding}.')
+
+
+def _taps(x: jax.Array, kh: int, kw: int, strides: Sequence[int], padding: Padding):
+  """The kh*kw strided views of the padded input, row-major over (i, j), and the output side.
+
+  View (i, j) is the input pixel that kernel tap (i, j) sees at every output position:
+  x_pad[:, i + sh * p, j + sw * q, :] for p < Ho, q < Wo.
+  """
+  (plo_h, phi_h), (plo_w, phi_w) = padding
+  sh, sw = strides
+  if plo_h or phi_h or plo_w or phi_w:
+    x = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
+  b, hp, wp, c = x.shape
+  ho = (hp - kh) // sh + 1
+  wo = (wp - kw) // sw + 1
+  views = []
+  for i in range(kh):
+    for j in range(kw):
+      views.append(lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                             (1, sh, sw, 1)))
+  return views, (b, ho, wo)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
+           padding: Padding = ((0, 0), (0, 0)), impl: str = 'xla',
+           precision: Any = None) -> jax.Array:
+  """2-D convolution (cross-correlation, as nn.Conv) in NHWC, lowered as `impl` says.
+
+  Args:
+    x: input [B, H, W, Cin].
+    kernel: [kh, kw, Cin, Cout] (nn.Conv's layout).
+    strides: (sh, sw).
+    padding: ((lo_h, hi_h), (lo_w, hi_w)) explicit zero padding.
+    impl: 'xla' | 'im2col' | 'shifted_matmul' (see the module docstring).
+    precision: passed to the matmuls / convolution.
+
+  Returns:
+    [B, Ho, Wo, Cout], Ho = (H + lo_h + hi_h - kh) // sh + 1 (likewise Wo).
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  _check(x, kernel, strides, padding)
+  kh, kw, cin, cout = kernel.shape
+  if impl == 'xla':
+    return lax.conv_general_dilated(
+        x, kernel, tuple(strides), tuple(tuple(p) for p in padding),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+  views, (b, ho, wo) = _taps(x, kh, kw, strides, padding)
+  if len(views) == 1 or impl == 'im2col':
+    # Channel order (i, j, c) matches kernel.reshape's row-major flattening of (kh, kw, Cin).
+    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    y = jnp.dot(patches.reshape(b * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
+                precision=precision)
+    return y.reshape(b, ho, wo, cout)
+  # shifted_matmul: one 1x1 conv per tap, accumulated.
+  y = None
+  for t, view in enumerate(views):
+    term = jnp.dot(view.reshape(b * ho * wo, cin), kernel[t // kw, t % kw], precision=precision)
+    y = term if y is None else y + term
+  return y.reshape(b, ho, wo, cout)
+
+
+class Conv(nn.Module):
+  """Bias-free 2-D convolution, a drop-in for `nn.Conv(..., use_bias=False)`.
+
+  Same parameter (`kernel` [kh, kw, Cin, Cout], float `param_dtype`) and the same
+  initialisation call as nn.Conv, so a model built with any `impl` has an identical parameter
+  tree and identical initial values.
+
+  Attributes:
+    features: Cout.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: ((lo_h, hi_h), (lo_w, hi_w)).
+    kernel_init: initialiser of the kernel.
+    dtype: compute dtype (input and kernel are cast to it).
+    param_dtype: dtype of the stored kernel.
+    impl: 'xla' | 'im2col' | 'shifted_matmul'.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Padding = ((0, 0), (0, 0))
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  impl: str = 'xla'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, Cin] -> [B, Ho, Wo, features]."""
+    kh, kw = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, x.shape[-1], self.features),
+                        self.param_dtype)
+    return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), strides=self.strides,
+                  padding=self.padding, impl=self.impl)
+
+
+__all__ = ('Conv', 'conv2d', 'CONV_IMPLS')
