@@ -86,6 +86,9 @@ def _worker(args) -> None:
     step()
   for _ in range(args.warmup_steps):
     step()
+  import resource  # pylint: disable=g-import-not-at-top
+  # After compilation and the warm-up steps: the step's peak memory has been reached.
+  info['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print('READY ' + json.dumps(info), flush=True)
   for line in sys.stdin:
     if line.strip() != 'STEP':
@@ -119,7 +122,7 @@ def _read(proc: subprocess.Popen, prefix: str) -> str:
   while True:
     line = proc.stdout.readline()
     if not line:
-      raise RuntimeError(f'worker {proc.args[-1]} exited (rc {proc.wait()})')
+      raise RuntimeError(f'worker {proc.args[2]} exited (rc {proc.wait()}; -9: out of memory?)')
     if line.startswith(prefix):
       return line[len(prefix):].strip()
 
@@ -146,24 +149,31 @@ def main():
   for spec in specs:
     _parse(spec)
   procs, infos = {}, {}
-  for spec in specs:
-    procs[spec] = _start(spec, args)
-    if args.sequential_build:
-      infos[spec] = json.loads(_read(procs[spec], 'READY '))
-  for spec in specs:
-    if spec not in infos:
-      infos[spec] = json.loads(_read(procs[spec], 'READY '))
   times = {spec: [] for spec in specs}
   loads = []
-  for _ in range(args.rounds):
-    loads.append(os.getloadavg()[0])
+  try:
     for spec in specs:
-      procs[spec].stdin.write('STEP\n')
-      procs[spec].stdin.flush()
-      times[spec].append(float(_read(procs[spec], 'TIME ')))
-  for proc in procs.values():
-    proc.stdin.close()
-    proc.wait()
+      procs[spec] = _start(spec, args)
+      if args.sequential_build:
+        infos[spec] = json.loads(_read(procs[spec], 'READY '))
+    for spec in specs:
+      if spec not in infos:
+        infos[spec] = json.loads(_read(procs[spec], 'READY '))
+    for _ in range(args.rounds):
+      loads.append(os.getloadavg()[0])
+      for spec in specs:
+        procs[spec].stdin.write('STEP\n')
+        procs[spec].stdin.flush()
+        times[spec].append(float(_read(procs[spec], 'TIME ')))
+  finally:
+    # Our own workers only: on an error, the others must not linger holding memory.
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.stdin.close()
+        try:
+          proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+          proc.kill()
 
   flops = next((infos[s]['flops_per_step'] for s in specs
                 if s.startswith('jax') and _parse(s)['conv_impl'] == 'xla'

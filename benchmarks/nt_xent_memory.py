@@ -38,6 +38,7 @@ import re
 from absl import app
 from absl import flags
 import jax
+from jax.extend import core as jax_core
 import numpy as np
 
 from configs import base
@@ -80,7 +81,7 @@ def jaxpr_shapes(jaxpr) -> set[tuple[str, tuple[int, ...]]]:
         aval = getattr(var, 'aval', None)
         if aval is not None and hasattr(aval, 'shape'):
           out.add((str(aval.dtype), tuple(aval.shape)))
-      for sub in jax.core.jaxprs_in_params(eqn.params):
+      for sub in jax_core.jaxprs_in_params(eqn.params):
         visit(sub)
 
   visit(jaxpr.jaxpr if hasattr(jaxpr, 'jaxpr') else jaxpr)

@@ -52,6 +52,7 @@ class Encoder:
     self.model = build_model(config.model, num_classes=num_classes, image_size=image_shape[0],
                              axis_name=None)
     self.step = 0
+    self._cache = {}
     if state is not None:
       variables = {'params': state.params, 'batch_stats': state.batch_stats}
       self.step = int(state.step)
@@ -64,9 +65,13 @@ class Encoder:
     self.variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
   def features(self, images: np.ndarray, config, feature: Optional[str] = None) -> np.ndarray:
-    return features_lib.extract_features(self.model, self.variables, images,
-                                         batch_size=config.eval.batch_size,
-                                         feature=feature or config.eval.feature)
+    """Frozen features of `images`, computed once per (array, feature) across protocols."""
+    feature = feature or config.eval.feature
+    key = (images.__array_interface__['data'][0], images.shape, feature)
+    if key not in self._cache:
+      self._cache[key] = features_lib.extract_features(
+          self.model, self.variables, images, batch_size=config.eval.batch_size, feature=feature)
+    return self._cache[key]
 
 
 def _restore_variables(config, directory: str, variables):
@@ -95,6 +100,13 @@ def _eval_data(config, dataset_config=None):
   return train_x, train_y, test_x, test_y, num_classes
 
 
+def _data_and_encoder(config, workdir, encoder, data):
+  """The labelled arrays and the encoder a protocol uses, loaded unless given."""
+  data = data or _eval_data(config)
+  encoder = encoder or Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:])
+  return data, encoder
+
+
 def _num_classes_and_shape(config):
   src = sources.load(config.dataset, config.dataset.eval_split)
   channels = sources.image_shape(src, config.dataset.image_size)[-1]
@@ -103,9 +115,8 @@ def _num_classes_and_shape(config):
 
 def linear_eval(config, workdir, *, encoder: Optional[Encoder] = None, data=None) -> dict:
   """Frozen encoder, L-BFGS logistic regression on features; also the raw-pixel baseline."""
-  train_x, train_y, test_x, test_y, num_classes = data or _eval_data(config)
-  encoder = encoder or Encoder(config, workdir, num_classes=num_classes,
-                               image_shape=train_x.shape[1:])
+  data, encoder = _data_and_encoder(config, workdir, encoder, data)
+  train_x, train_y, test_x, test_y, num_classes = data
   t0 = time.time()
   train_f = encoder.features(train_x, config)
   test_f = encoder.features(test_x, config)
@@ -128,9 +139,8 @@ def linear_eval(config, workdir, *, encoder: Optional[Encoder] = None, data=None
 
 
 def knn(config, workdir, *, encoder=None, data=None) -> dict:
-  train_x, train_y, test_x, test_y, num_classes = data or _eval_data(config)
-  encoder = encoder or Encoder(config, workdir, num_classes=num_classes,
-                               image_shape=train_x.shape[1:])
+  data, encoder = _data_and_encoder(config, workdir, encoder, data)
+  train_x, train_y, test_x, test_y, num_classes = data
   train_f, test_f = encoder.features(train_x, config), encoder.features(test_x, config)
   out = {}
   for k in config.eval.knn_k:
@@ -143,9 +153,8 @@ def knn(config, workdir, *, encoder=None, data=None) -> dict:
 
 def finetune(config, workdir, *, encoder=None, data=None) -> dict:
   """Fine-tunes on a class-balanced label fraction (config.eval.finetune_fraction)."""
-  train_x, train_y, test_x, test_y, num_classes = data or _eval_data(config)
-  encoder = encoder or Encoder(config, workdir, num_classes=num_classes,
-                               image_shape=train_x.shape[1:])
+  data, encoder = _data_and_encoder(config, workdir, encoder, data)
+  train_x, train_y, test_x, test_y, num_classes = data
   fraction = config.eval.finetune_fraction
   idx = subsets.label_fraction_indices(train_y, fraction=fraction, seed=config.seed)
   res = finetune_lib.finetune(
@@ -175,9 +184,8 @@ def _percent(fraction: float) -> str:
 
 def label_fraction_linear_eval(config, workdir, *, encoder=None, data=None) -> dict:
   """Linear eval with only a class-balanced fraction of the labels (config.eval.label_fractions)."""
-  train_x, train_y, test_x, test_y, num_classes = data or _eval_data(config)
-  encoder = encoder or Encoder(config, workdir, num_classes=num_classes,
-                               image_shape=train_x.shape[1:])
+  data, encoder = _data_and_encoder(config, workdir, encoder, data)
+  train_x, train_y, test_x, test_y, num_classes = data
   train_f, test_f = encoder.features(train_x, config), encoder.features(test_x, config)
   out = {}
   for fraction in config.eval.label_fractions:
@@ -223,9 +231,8 @@ def _match_channels(images: np.ndarray, channels: int) -> np.ndarray:
 
 
 def embed_plot(config, workdir, *, encoder=None, data=None) -> dict:
-  train_x, train_y, test_x, test_y, num_classes = data or _eval_data(config)
-  encoder = encoder or Encoder(config, workdir, num_classes=num_classes,
-                               image_shape=train_x.shape[1:])
+  data, encoder = _data_and_encoder(config, workdir, encoder, data)
+  train_x, train_y, test_x, test_y, num_classes = data
   train_f, test_f = encoder.features(train_x, config), encoder.features(test_x, config)
   k = config.eval.knn_k[0]
   top1 = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=k,

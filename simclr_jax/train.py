@@ -53,6 +53,15 @@ class StopSignal:
       signal.signal(sig, handler)
 
 
+def _any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any: hosts that see SIGTERM a step apart must
+  still save the same step together, or one would wait in a collective for the other forever."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a pretraining run builds from its config before the first step."""
@@ -165,7 +174,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
       if done % config.log_every_steps == 0 or done == s.total_steps:
         last_metrics = writer.write(done, jax.device_get(metrics))
         history.append({'step': done, **last_metrics})
-      stop_now = stop.received is not None
+      stop_now = _any_process(stop.received is not None)
       if done % config.checkpoint_every_steps == 0 or done == s.total_steps or stop_now:
         ckpt.save(done, s.mapper.get_state(device_state))
         last_saved = done

@@ -1,0 +1,227 @@
+"""lightly's SimCLR on a PyTorch mirror of our encoder, for the quality benchmark (issue 5).
+
+  pip install -r benchmarks/requirements-torch.txt   # see that file: lightly goes in --no-deps
+  python benchmarks/lightly_simclr.py --data=DATA.npz --out=FEATURES.npz --minutes=15
+
+Run by benchmarks/quality.py, which writes DATA.npz (`pretrain_images` uint8 [N, 28, 28, 1],
+`train_images` / `test_images` float32 [M, 28, 28, 1] in [0, 1]) and evaluates the features this
+script writes (`train_h`, `test_h`) with simclr_jax's own linear / kNN code.
+
+What comes from lightly: `lightly.loss.NTXentLoss` and `lightly.models.modules.
+SimCLRProjectionHead`. What mirrors configs/fashion_mnist.py: the encoder (ResNet-18 v1.5, CIFAR
+stem, width 1/4: `torch_train_step.ResNet18Cifar`), head widths (h -> h -> 64), temperature 0.2,
+batch 256, LARS (`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a 0.3-epoch
+warmup and cosine decay, and the augmentation (written here in torch because torchvision's PyPI
+wheels do not import beside the local torch build): random resized crop (area U[0.2, 1], aspect
+log-U[3/4, 4/3], first of 10 tries that fits, else the whole image) resized bicubically, flip
+p=0.5, and with p=0.8 brightness (x b) and contrast (about the per-image mean, x c), b, c ~
+U[0.6, 1.4], in random order, each clipped to [0, 1]. Differences left: torch's bicubic kernel
+(a = -0.75) vs TensorFlow's (a = -0.5); random numbers are torch's, not the JAX pipeline's.
+
+The budget is a step count, as in quality.py: a short probe measures steps/s, then
+`steps = minutes * 60 * steps/s`.
+
+If lightly does not import (its packages import torchvision at import time), prints one JSON
+line {"blocked": "<error>"} and exits with status 3; nothing of lightly is copied here.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+EXIT_BLOCKED = 3
+AREA_RANGE = (0.2, 1.0)  # configs/fashion_mnist.py: augment.crop_area_min
+ASPECT_RANGE = (3 / 4, 4 / 3)
+CROP_TRIES = 10
+JITTER_P = 0.8
+JITTER_RANGE = 0.8 * 0.5  # 0.8 x color_strength (0.5)
+WARMUP_EPOCHS = 0.3
+BASE_LEARNING_RATE = 1.0  # x batch_size / 256
+
+
+def import_lightly():
+  """(NTXentLoss, SimCLRProjectionHead, version), or raises ImportError with the reason."""
+  try:
+    import lightly  # pylint: disable=g-import-not-at-top
+    from lightly.loss import NTXentLoss  # pylint: disable=g-import-not-at-top
+    from lightly.models.modules import SimCLRProjectionHead  # pylint: disable=g-import-not-at-top
+  except Exception as e:  # pylint: disable=broad-except
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    version = getattr(sys.modules.get('lightly'), '__version__', 'not installed')
+    raise ImportError(f'lightly {version}: {type(e).__name__}: {e} (at {frame.filename}:'
+                      f'{frame.lineno}: {frame.line})') from e
+  return NTXentLoss, SimCLRProjectionHead, lightly.__version__
+
+
+def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+  """One random view per image: crop+resize, flip, brightness/contrast. [B,C,H,W] in [0, 1]."""
+  b, _, height, width = images.shape
+  u = lambda *shape: torch.rand(*shape, generator=gen)  # pylint: disable=unnecessary-lambda-assignment
+  area = (AREA_RANGE[0] + (AREA_RANGE[1] - AREA_RANGE[0]) * u(b, CROP_TRIES)) * height * width
+  log_ratio = math.log(ASPECT_RANGE[0]) + (
+      math.log(ASPECT_RANGE[1]) - math.log(ASPECT_RANGE[0])) * u(b, CROP_TRIES)
+  crop_w = torch.round(torch.sqrt(area * torch.exp(log_ratio)))
+  crop_h = torch.round(torch.sqrt(area / torch.exp(log_ratio)))
+  fits = (crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) & (crop_h <= height)
+  first = torch.argmax(fits.int(), dim=1, keepdim=True)
+  any_fits = fits.any(dim=1)
+  # Fallback (no candidate fits): the whole (square) image.
+  crop_w = torch.where(any_fits, crop_w.gather(1, first)[:, 0], torch.tensor(float(width)))
+  crop_h = torch.where(any_fits, crop_h.gather(1, first)[:, 0], torch.tensor(float(height)))
+  off_x = torch.floor(u(b) * (width - crop_w + 1))
+  off_y = torch.floor(u(b) * (height - crop_h + 1))
+  # Affine map from output coordinates in [-1, 1] (pixel edges, align_corners=False) onto the
+  # crop window [off, off + size] of the input.
+  theta = torch.zeros(b, 2, 3)
+  theta[:, 0, 0] = crop_w / width
+  theta[:, 0, 2] = (2 * off_x + crop_w) / width - 1
+  theta[:, 1, 1] = crop_h / height
+  theta[:, 1, 2] = (2 * off_y + crop_h) / height - 1
+  grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+  x = F.grid_sample(images, grid, mode='bicubic', padding_mode='border', align_corners=False)
+  x = x.clamp(0, 1)
+  flip = (u(b) < 0.5).view(b, 1, 1, 1)
+  x = torch.where(flip, x.flip(-1), x)
+  apply = (u(b) < JITTER_P).view(b, 1, 1, 1)
+  bright = (1 + JITTER_RANGE * (2 * u(b) - 1)).clamp(min=0).view(b, 1, 1, 1)
+  contrast = (1 + JITTER_RANGE * (2 * u(b) - 1)).view(b, 1, 1, 1)
+  bright_first = (u(b) < 0.5).view(b, 1, 1, 1)
+
+  def adjust_brightness(y):
+    return (y * bright).clamp(0, 1)
+
+  def adjust_contrast(y):
+    mean = y.mean(dim=(2, 3), keepdim=True)
+    return ((y - mean) * contrast + mean).clamp(0, 1)
+
+  jittered = torch.where(bright_first, adjust_contrast(adjust_brightness(x)),
+                         adjust_brightness(adjust_contrast(x)))
+  return torch.where(apply, jittered, x)
+
+
+def learning_rate(step: int, *, total_steps: int, steps_per_epoch: int, peak: float) -> float:
+  """Linear warmup over min(0.3 epoch, 30% of the run), then cosine to 0 (simclr_jax.optim)."""
+  warmup = min(WARMUP_EPOCHS * steps_per_epoch, 0.3 * total_steps)
+  if step < warmup:
+    return peak * (step + 1) / warmup
+  progress = (step - warmup) / max(total_steps - warmup, 1)
+  return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SimCLR(torch.nn.Module):
+  """Our encoder mirror + lightly's projection head."""
+
+  def __init__(self, head_cls, *, channels: int, width_multiplier: float, out_dim: int):
+    super().__init__()
+    self.encoder = torch_train_step.ResNet18Cifar(channels, width_multiplier)
+    d = self.encoder.dim
+    self.head = head_cls(input_dim=d, hidden_dim=d, output_dim=out_dim)
+
+  def forward(self, x):
+    return self.head(self.encoder(x))
+
+
+def train(pretrain_images: np.ndarray, *, steps: int, batch_size: int, temperature: float,
+          seed: int, lightly_parts, on_step=None) -> tuple[SimCLR, float]:
+  """Pretrains for `steps` steps; returns (model, last loss)."""
+  ntxent_cls, head_cls, _ = lightly_parts
+  torch.manual_seed(seed)
+  gen = torch.Generator().manual_seed(seed)
+  rng = np.random.default_rng(seed)
+  images = torch.from_numpy(pretrain_images).permute(0, 3, 1, 2).float() / 255.
+  model = SimCLR(head_cls, channels=images.shape[1], width_multiplier=0.25, out_dim=64).train()
+  criterion = ntxent_cls(temperature=temperature)
+  lars = torch_train_step.Lars(model.parameters(), lr=0.0)
+  steps_per_epoch = images.shape[0] // batch_size
+  peak = BASE_LEARNING_RATE * batch_size / 256
+  order = np.zeros((0,), np.int64)
+  loss = float('nan')
+  for step in range(steps):
+    if order.shape[0] < batch_size:  # per-epoch permutations, full batches only
+      order = rng.permutation(images.shape[0])
+    idx, order = order[:batch_size], order[batch_size:]
+    batch = images[torch.from_numpy(idx)]
+    view_1, view_2 = augment(batch, gen), augment(batch, gen)
+    for p in model.parameters():
+      p.grad = None
+    total = criterion(model(view_1), model(view_2))
+    total.backward()
+    lars.lr = learning_rate(step, total_steps=steps, steps_per_epoch=steps_per_epoch, peak=peak)
+    lars.step()
+    loss = total.item()  # also syncs, so on_step timings are real
+    if not math.isfinite(loss):
+      raise FloatingPointError(f'loss became {loss} at step {step}')
+    if on_step is not None:
+      on_step()
+  return model, loss
+
+
+@torch.no_grad()
+def features(model: SimCLR, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+  """h of the frozen encoder (BN running statistics). images: [N, H, W, C] float in [0, 1]."""
+  model.eval()
+  out = []
+  for i in range(0, images.shape[0], batch_size):
+    x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).permute(0, 3, 1, 2)
+    out.append(model.encoder(x.float()).numpy())
+  return np.concatenate(out)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--check_import', action='store_true',
+                      help='only check that lightly imports (JSON line; exit 0 or 3).')
+  parser.add_argument('--data', help='npz written by benchmarks/quality.py.')
+  parser.add_argument('--out', help='npz to write train_h, test_h to.')
+  parser.add_argument('--minutes', type=float, default=15.0, help='pretraining budget.')
+  parser.add_argument('--probe_steps', type=int, default=20)
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--temperature', type=float, default=0.2)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args()
+  try:
+    lightly_parts = import_lightly()
+  except ImportError as e:
+    print(json.dumps({'blocked': str(e)}))
+    sys.exit(EXIT_BLOCKED)
+  if args.check_import:
+    print(json.dumps({'lightly_version': lightly_parts[2]}))
+    return
+  if not args.data or not args.out:
+    parser.error('--data and --out are required')
+  data = np.load(args.data)
+  pretrain_images = data['pretrain_images']
+  kwargs = dict(batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
+                lightly_parts=lightly_parts)
+  times = []
+  train(pretrain_images, steps=args.probe_steps,
+        on_step=lambda: times.append(time.perf_counter()), **kwargs)
+  probe_rate = (len(times) - 1) / (times[-1] - times[0])
+  steps = max(args.probe_steps, int(args.minutes * 60 * probe_rate))
+  times = []
+  t0 = time.time()
+  model, loss = train(pretrain_images, steps=steps,
+                      on_step=lambda: times.append(time.perf_counter()), **kwargs)
+  minutes = (time.time() - t0) / 60
+  np.savez(args.out, train_h=features(model, data['train_images']),
+           test_h=features(model, data['test_images']))
+  print(json.dumps(dict(
+      steps=steps, probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
+      images_per_s=(len(times) - 1) / (times[-1] - times[0]) * args.batch_size,
+      train_loss=loss, lightly_version=lightly_parts[2], torch_version=torch.__version__,
+      threads=torch.get_num_threads())))
+
+
+if __name__ == '__main__':
+  main()

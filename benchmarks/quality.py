@@ -1,0 +1,325 @@
+"""Quality benchmark (issue 5): what a fixed CPU pretraining budget buys on real Fashion-MNIST.
+
+  python benchmarks/quality.py --pretrain_minutes=15 --workdir=/tmp/quality
+  # development: half a minute per method, small evaluation subsets
+  python benchmarks/quality.py --pretrain_minutes=0.5 --eval_train_examples=2000 \
+    --eval_test_examples=1000 --finetune_steps=20
+
+Rows (flag --rows; SSL methods with --methods):
+  simclr, moco, barlow_twins  configs/{fashion_mnist,moco_fashion_mnist,
+                              barlow_twins_fashion_mnist}.py, pretrained for the budget;
+  random_init                 the same encoder at its initialisation (--config.init=random);
+  pixels                      logistic regression / kNN on raw pixels (no encoder, no fine-tune);
+  supervised                  the same encoder trained from scratch with cross-entropy on the
+                              labels, same augmentation, optimizer and budget
+                              (simclr_jax/evaluation/supervised.py);
+  lightly                     lightly's NTXentLoss + SimCLRProjectionHead on a PyTorch mirror of
+                              the encoder (benchmarks/lightly_simclr.py, run as a subprocess),
+                              same budget and augmentation; its frozen features go through the
+                              same linear / kNN code here. Reported as blocked when lightly does
+                              not import.
+
+The budget is turned into a step count, not a time limit inside the trainer: a 20-step probe
+measures steps/s (compilation excluded), then the run gets `num_train_steps = budget * steps/s`.
+The learning-rate schedule (warmup + cosine) then ends where the run ends, and the run is
+reproducible from its recorded step count; the wall time actually spent is reported beside it
+(on a shared machine it drifts from the budget with the load).
+
+Evaluation, the same for every row (the config.eval fields of configs/fashion_mnist.py): h of
+the frozen encoder; linear = L-BFGS logistic regression (`linear.linear_eval`, l2_reg, max_iters)
+on all 60,000 labels and on a class-balanced 1% (`subsets.label_fraction_indices`, fraction 0.01
+= 60 per class, seed = config.seed); kNN-20 (`knn.knn_eval`, k = config.eval.knn_k[0]);
+fine-tune 1% = `simclr_jax.run.finetune` with config.eval.finetune_fraction = 0.01.
+
+Prints one markdown table and one JSON line (all figures, the step counts and the load average).
+"""
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf
+
+from configs import barlow_twins_fashion_mnist
+from configs import fashion_mnist
+from configs import moco_fashion_mnist
+from simclr_jax import run
+from simclr_jax import train
+from simclr_jax.evaluation import knn as knn_lib
+from simclr_jax.evaluation import linear as linear_lib
+from simclr_jax.evaluation import subsets
+from simclr_jax.evaluation import supervised
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+CONFIGS = {'simclr': fashion_mnist, 'moco': moco_fashion_mnist,
+           'barlow_twins': barlow_twins_fashion_mnist}
+ALL_ROWS = ('ssl', 'random_init', 'pixels', 'supervised', 'lightly')
+LABEL_FRACTION = 0.01  # 1% of Fashion-MNIST's 60,000 = 60 labels per class
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float('pretrain_minutes', 15.0, 'Wall-clock pretraining budget per row, minutes.')
+flags.DEFINE_list('methods', list(CONFIGS), f'SSL methods to pretrain, of {list(CONFIGS)}.')
+flags.DEFINE_list('rows', list(ALL_ROWS), f'Row groups, of {list(ALL_ROWS)} (ssl = --methods).')
+flags.DEFINE_string('workdir', '/tmp/simclr_quality', 'Checkpoints, features, results.json.')
+flags.DEFINE_integer('probe_steps', 20, 'Steps of the speed probe that sets num_train_steps.')
+flags.DEFINE_integer('eval_train_examples', -1, '> 0: evaluate on the first n training images '
+                     '(development only; the 1% subset is then 1% of n).')
+flags.DEFINE_integer('eval_test_examples', -1, '> 0: evaluate on the first n test images.')
+flags.DEFINE_integer('finetune_steps', -1, '> 0: override config.eval.finetune_steps (dev).')
+flags.DEFINE_string('torch_python', sys.executable, 'Interpreter with torch (and lightly).')
+
+
+def _base_config(method: str = 'simclr'):
+  config = CONFIGS[method].get_config()
+  config.eval.finetune_fraction = LABEL_FRACTION
+  config.eval.pixel_baseline = False  # its own row
+  if FLAGS.finetune_steps > 0:
+    config.eval.finetune_steps = FLAGS.finetune_steps
+  return config
+
+
+class _StepTimer:
+  """on_step callback: wall time of every step, to get a steady-state rate without compilation."""
+
+  def __init__(self):
+    self.times = []
+
+  def __call__(self, done: int):
+    del done
+    self.times.append(time.perf_counter())
+
+  def steps_per_s(self) -> float:
+    # From the end of step 1 (which includes the compilation) to the end of the last step.
+    t = self.times
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float('nan')
+
+
+def _fit_schedule(config, num_steps: int):
+  """Sets num_train_steps; shortens the warmup to at most 30% of the run when the run is short."""
+  config.num_train_steps = num_steps
+  steps_per_epoch = 60000 // config.batch_size
+  max_warmup_epochs = 0.3 * num_steps / steps_per_epoch
+  if config.optimizer.warmup_epochs > max_warmup_epochs:
+    config.optimizer.warmup_epochs = max_warmup_epochs
+  return config
+
+
+def _budget_steps(probe_fn) -> tuple[int, float]:
+  """Runs `probe_fn(num_steps, on_step)` for --probe_steps steps; returns (steps, steps/s)."""
+  timer = _StepTimer()
+  probe_fn(FLAGS.probe_steps, timer)
+  rate = timer.steps_per_s()
+  return max(FLAGS.probe_steps, int(FLAGS.pretrain_minutes * 60 * rate)), rate
+
+
+def _fresh_dir(name: str) -> str:
+  path = os.path.join(FLAGS.workdir, name)
+  shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(path)
+  return path
+
+
+def _pretrain_ssl(method: str, data) -> tuple[dict, run.Encoder, object]:
+  def probe(num_steps, on_step):
+    config = _fit_schedule(_base_config(method), num_steps)
+    train.pretrain(config, _fresh_dir(f'{method}_probe'), on_step=on_step)
+
+  num_steps, probe_rate = _budget_steps(probe)
+  config = _fit_schedule(_base_config(method), num_steps)
+  workdir = _fresh_dir(method)
+  timer = _StepTimer()
+  t0 = time.time()
+  out = train.pretrain(config, workdir, on_step=timer)
+  minutes = (time.time() - t0) / 60
+  encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:],
+                        state=out['state'])
+  info = dict(steps=out['step'], probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
+              images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'])
+  return info, encoder, config
+
+
+def _pretrain_supervised(data):
+  def probe(num_steps, on_step):
+    supervised.train_supervised(_fit_schedule(_base_config(), num_steps), num_steps=num_steps,
+                                on_step=on_step)
+
+  num_steps, probe_rate = _budget_steps(probe)
+  config = _fit_schedule(_base_config(), num_steps)
+  timer = _StepTimer()
+  t0 = time.time()
+  out = supervised.train_supervised(config, num_steps=num_steps, on_step=timer)
+  minutes = (time.time() - t0) / 60
+  state = types.SimpleNamespace(params=out['variables']['params'],
+                                batch_stats=out['variables']['batch_stats'], step=out['step'])
+  encoder = run.Encoder(config, _fresh_dir('supervised'), num_classes=data[4],
+                        image_shape=data[0].shape[1:], state=state)
+  info = dict(steps=out['step'], probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
+              images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'],
+              train_accuracy=out['train_accuracy'])
+  return info, encoder, config
+
+
+def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
+  """Linear 100%, linear 1% and kNN on frozen features: one protocol for every row."""
+  train_x, train_y, test_x, test_y, num_classes = data
+  del train_x, test_x
+  full = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=num_classes,
+                                l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+  idx = subsets.label_fraction_indices(train_y, fraction=LABEL_FRACTION, seed=config.seed)
+  few = linear_lib.linear_eval(train_f[idx], train_y[idx], test_f, test_y,
+                               num_classes=num_classes, l2_reg=config.eval.l2_reg,
+                               max_iters=config.eval.max_iters)
+  k = config.eval.knn_k[0]
+  knn = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=k,
+                         temperature=config.eval.knn_temperature, num_classes=num_classes)
+  return {'linear_100pct_top1': full['top1'], 'linear_1pct_top1': few['top1'],
+          'linear_1pct_num_labels': int(len(idx)), f'knn{k}_top1': knn}
+
+
+def _evaluate_encoder(config, encoder: run.Encoder, data, workdir: str) -> dict:
+  t0 = time.time()
+  train_f, test_f = encoder.features(data[0], config), encoder.features(data[2], config)
+  out = _frozen_feature_metrics(config, train_f, test_f, data)
+  ft = run.finetune(config, workdir, encoder=encoder, data=data)
+  out['finetune_1pct_top1'] = ft[f'{run._prefix(config)}finetune_1pct_top1']  # pylint: disable=protected-access
+  out['eval_minutes'] = (time.time() - t0) / 60
+  return out
+
+
+def _lightly_row(data) -> dict:
+  """Runs benchmarks/lightly_simclr.py on the same images; evaluates its features here."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'lightly_simclr.py')
+  # Import check first: writing the data file costs ~0.3 GB of disk for nothing if it fails.
+  check = subprocess.run([FLAGS.torch_python, script, '--check_import'], capture_output=True,
+                         text=True, check=False)
+  if check.returncode != 0:
+    lines = [l for l in check.stdout.splitlines() if l.startswith('{')]
+    reason = json.loads(lines[-1])['blocked'] if lines else check.stderr.strip()[-500:]
+    return {'blocked': reason}
+  workdir = _fresh_dir('lightly')
+  data_path = os.path.join(workdir, 'data.npz')
+  train_x, train_y, test_x, test_y, _ = data
+  # Pretraining uses all 60,000 training images (as the JAX rows); the features are taken of the
+  # evaluation images, which are the same unless --eval_*_examples cut them down.
+  from simclr_jax.data import sources  # pylint: disable=g-import-not-at-top
+  pretrain_images = sources.load(_base_config().dataset, 'train').images
+  np.savez(data_path, pretrain_images=pretrain_images, train_images=train_x, test_images=test_x)
+  feats_path = os.path.join(workdir, 'features.npz')
+  config = _base_config()
+  cmd = [FLAGS.torch_python, script, f'--data={data_path}', f'--out={feats_path}', f'--minutes={FLAGS.pretrain_minutes}',
+         f'--probe_steps={FLAGS.probe_steps}', f'--batch_size={config.batch_size}',
+         f'--temperature={config.loss.temperature}', f'--seed={config.seed}']
+  logging.info('lightly: %s', ' '.join(cmd))
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+  info = json.loads(lines[-1]) if lines else {}
+  if proc.returncode != 0 or 'blocked' in info:
+    reason = info.get('blocked') or proc.stderr.strip().splitlines()[-1:]
+    return {'blocked': reason if isinstance(reason, str) else ' '.join(reason)}
+  feats = np.load(feats_path)
+  out = _frozen_feature_metrics(config, feats['train_h'], feats['test_h'], data)
+  out.update({k: info[k] for k in ('steps', 'probe_steps_per_s', 'pretrain_minutes',
+                                   'images_per_s', 'train_loss', 'lightly_version',
+                                   'torch_version') if k in info})
+  return out
+
+
+def _pixel_row(data) -> dict:
+  train_x, train_y, test_x, test_y, _ = data
+  config = _base_config()
+  flat = lambda x: x.reshape(x.shape[0], -1)  # pylint: disable=unnecessary-lambda-assignment
+  # pixel_baseline is linear_eval on flattened pixels; _frozen_feature_metrics does exactly that
+  # for the 1% and kNN columns too.
+  return _frozen_feature_metrics(config, flat(train_x), flat(test_x), data)
+
+
+def _load_eval_data():
+  config = _base_config()
+  train_x, train_y, test_x, test_y, num_classes = run._eval_data(config)  # pylint: disable=protected-access
+  if FLAGS.eval_train_examples > 0:
+    train_x, train_y = train_x[:FLAGS.eval_train_examples], train_y[:FLAGS.eval_train_examples]
+  if FLAGS.eval_test_examples > 0:
+    test_x, test_y = test_x[:FLAGS.eval_test_examples], test_y[:FLAGS.eval_test_examples]
+  return train_x, train_y, test_x, test_y, num_classes
+
+
+def _fmt(value, spec='.4f') -> str:
+  return format(value, spec) if isinstance(value, (int, float)) else '-'
+
+
+def _table(rows: dict) -> str:
+  header = ('| method | pretrain minutes | images/s | linear top-1 (100% labels) | '
+            'linear top-1 (1% labels, 60/class) | kNN-20 top-1 | fine-tune 1% top-1 |')
+  lines = [header, '|' + '---|' * 7]
+  for name, r in rows.items():
+    if 'blocked' in r:
+      lines.append(f'| {name} | blocked: {r["blocked"]} ||||||')
+      continue
+    knn_key = next((k for k in r if k.startswith('knn')), None)
+    lines.append(f'| {name} | {_fmt(r.get("pretrain_minutes"), ".2f")} | '
+                 f'{_fmt(r.get("images_per_s"), ".0f")} | {_fmt(r["linear_100pct_top1"])} | '
+                 f'{_fmt(r["linear_1pct_top1"])} | {_fmt(r.get(knn_key))} | '
+                 f'{_fmt(r.get("finetune_1pct_top1"))} |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  tf.config.set_visible_devices([], 'GPU')
+  unknown = set(FLAGS.methods) - set(CONFIGS) or set(FLAGS.rows) - set(ALL_ROWS)
+  if unknown:
+    raise app.UsageError(f'unknown --methods/--rows: {sorted(unknown)}')
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  load_start = os.getloadavg()
+  t_start = time.time()
+  data = _load_eval_data()
+  rows = {}
+  if 'ssl' in FLAGS.rows:
+    for method in FLAGS.methods:
+      info, encoder, config = _pretrain_ssl(method, data)
+      rows[method] = {**info, **_evaluate_encoder(config, encoder, data,
+                                                  os.path.join(FLAGS.workdir, method))}
+      logging.info('%s: %s', method, rows[method])
+  if 'random_init' in FLAGS.rows:
+    config = _base_config()
+    config.init = 'random'
+    workdir = _fresh_dir('random_init')
+    encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:])
+    rows['random_init'] = {'pretrain_minutes': 0.0,
+                           **_evaluate_encoder(config, encoder, data, workdir)}
+  if 'pixels' in FLAGS.rows:
+    rows['pixels'] = _pixel_row(data)
+  if 'supervised' in FLAGS.rows:
+    info, encoder, config = _pretrain_supervised(data)
+    rows['supervised'] = {**info, **_evaluate_encoder(config, encoder, data,
+                                                      os.path.join(FLAGS.workdir, 'supervised'))}
+  if 'lightly' in FLAGS.rows:
+    rows['lightly'] = _lightly_row(data)
+  result = dict(
+      benchmark='quality_fashion_mnist', date=datetime.date.today().isoformat(),
+      command=' '.join([os.path.basename(sys.executable)] + sys.argv),
+      pretrain_minutes_budget=FLAGS.pretrain_minutes, probe_steps=FLAGS.probe_steps,
+      eval_train_examples=int(len(data[1])), eval_test_examples=int(len(data[3])),
+      load_average_start=load_start, load_average_end=os.getloadavg(),
+      cpu_count=os.cpu_count(), total_minutes=(time.time() - t_start) / 60, rows=rows)
+  with open(os.path.join(FLAGS.workdir, 'quality.json'), 'w') as f:
+    json.dump(result, f, indent=1)
+  print(_table(rows))
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)
