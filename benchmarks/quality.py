@@ -68,6 +68,7 @@ CONFIGS = {'simclr': fashion_mnist, 'moco': moco_fashion_mnist,
            'barlow_twins': barlow_twins_fashion_mnist}
 ALL_ROWS = ('ssl', 'random_init', 'pixels', 'supervised', 'lightly')
 LABEL_FRACTION = 0.01  # 1% of Fashion-MNIST's 60,000 = 60 labels per class
+NUM_PRETRAIN_EXAMPLES = 60000  # Fashion-MNIST's training split, all of it used for pretraining
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float('pretrain_minutes', 15.0, 'Wall-clock pretraining budget per row, minutes.')
@@ -110,7 +111,7 @@ class _StepTimer:
 def _fit_schedule(config, num_steps: int):
   """Sets num_train_steps; shortens the warmup to at most 30% of the run when the run is short."""
   config.num_train_steps = num_steps
-  steps_per_epoch = 60000 // config.batch_size
+  steps_per_epoch = NUM_PRETRAIN_EXAMPLES // config.batch_size
   max_warmup_epochs = 0.3 * num_steps / steps_per_epoch
   if config.optimizer.warmup_epochs > max_warmup_epochs:
     config.optimizer.warmup_epochs = max_warmup_epochs
@@ -246,6 +247,40 @@ def _pixel_row(data) -> dict:
   return _frozen_feature_metrics(config, flat(train_x), flat(test_x), data)
 
 
+def _ssl_row(name, data):
+  info, encoder, config = _pretrain_ssl(name, data)
+  return {**info, **_evaluate_encoder(config, encoder, data, os.path.join(FLAGS.workdir, name))}
+
+
+def _random_init_row(name, data):
+  config = _base_config()
+  config.init = 'random'
+  workdir = _fresh_dir(name)
+  encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:])
+  return {'pretrain_minutes': 0.0, **_evaluate_encoder(config, encoder, data, workdir)}
+
+
+def _supervised_row(name, data):
+  info, encoder, config = _pretrain_supervised(data)
+  return {**info, **_evaluate_encoder(config, encoder, data, os.path.join(FLAGS.workdir, name))}
+
+
+_ROWS = {'lightly': lambda name, data: _lightly_row(data),
+         'pixels': lambda name, data: _pixel_row(data),
+         'random_init': _random_init_row, 'supervised': _supervised_row,
+         **{method: _ssl_row for method in CONFIGS}}
+
+
+def _row_order() -> list[str]:
+  """Cheap and reference rows first, so a run cut short still has the comparisons that matter:
+  lightly (an import check when blocked), pixels, random-init, then the first SSL method, the
+  supervised encoder, and the other SSL methods."""
+  ssl = list(FLAGS.methods) if 'ssl' in FLAGS.rows else []
+  order = [r for r in ('lightly', 'pixels', 'random_init') if r in FLAGS.rows]
+  order += ssl[:1] + (['supervised'] if 'supervised' in FLAGS.rows else []) + ssl[1:]
+  return order
+
+
 def _load_eval_data():
   config = _base_config()
   train_x, train_y, test_x, test_y, num_classes = run._eval_data(config)  # pylint: disable=protected-access
@@ -287,36 +322,23 @@ def main(argv):
   t_start = time.time()
   data = _load_eval_data()
   rows = {}
-  if 'ssl' in FLAGS.rows:
-    for method in FLAGS.methods:
-      info, encoder, config = _pretrain_ssl(method, data)
-      rows[method] = {**info, **_evaluate_encoder(config, encoder, data,
-                                                  os.path.join(FLAGS.workdir, method))}
-      logging.info('%s: %s', method, rows[method])
-  if 'random_init' in FLAGS.rows:
-    config = _base_config()
-    config.init = 'random'
-    workdir = _fresh_dir('random_init')
-    encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:])
-    rows['random_init'] = {'pretrain_minutes': 0.0,
-                           **_evaluate_encoder(config, encoder, data, workdir)}
-  if 'pixels' in FLAGS.rows:
-    rows['pixels'] = _pixel_row(data)
-  if 'supervised' in FLAGS.rows:
-    info, encoder, config = _pretrain_supervised(data)
-    rows['supervised'] = {**info, **_evaluate_encoder(config, encoder, data,
-                                                      os.path.join(FLAGS.workdir, 'supervised'))}
-  if 'lightly' in FLAGS.rows:
-    rows['lightly'] = _lightly_row(data)
   result = dict(
       benchmark='quality_fashion_mnist', date=datetime.date.today().isoformat(),
       command=' '.join([os.path.basename(sys.executable)] + sys.argv),
       pretrain_minutes_budget=FLAGS.pretrain_minutes, probe_steps=FLAGS.probe_steps,
+      finetune_steps=_base_config().eval.finetune_steps,
       eval_train_examples=int(len(data[1])), eval_test_examples=int(len(data[3])),
-      load_average_start=load_start, load_average_end=os.getloadavg(),
-      cpu_count=os.cpu_count(), total_minutes=(time.time() - t_start) / 60, rows=rows)
-  with open(os.path.join(FLAGS.workdir, 'quality.json'), 'w') as f:
-    json.dump(result, f, indent=1)
+      load_average_start=load_start, cpu_count=os.cpu_count(), rows=rows)
+  for name in _row_order():
+    t0 = time.time()
+    rows[name] = _ROWS[name](name, data)
+    rows[name]['row_minutes'] = (time.time() - t0) / 60
+    logging.info('%s: %s', name, rows[name])
+    # Written after every row, so an interrupted run keeps what it measured.
+    result.update(load_average_end=os.getloadavg(), total_minutes=(time.time() - t_start) / 60)
+    with open(os.path.join(FLAGS.workdir, 'quality.json'), 'w') as f:
+      json.dump(result, f, indent=1)
+    print(_table({name: rows[name]}).splitlines()[-1], flush=True)
   print(_table(rows))
   print(json.dumps(result))
 

@@ -63,6 +63,26 @@ class Encoder:
         variables, self.step = _restore_variables(config, config.init_checkpoint or workdir,
                                                   variables)
     self.variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+    self.random_init = state is None and config.init == 'random'
+
+  def calibrate_batch_norm(self, images: np.ndarray, *, seed: int, batch_size: int = 256,
+                           num_batches: int = 50) -> None:
+    """Replaces a random-init encoder's running BN statistics (mean 0, variance 1 at init) by
+    statistics of the data: train-mode forward passes, no gradient. Without this the random-init
+    baseline measures mismatched normalisation rather than random features. With BN momentum
+    0.9, 50 batches leave 0.9**50 < 1% of the initial values."""
+    @jax.jit
+    def update(variables, x):
+      _, new = self.model.apply(variables, x, train=True, mutable=['batch_stats'])
+      return {'params': variables['params'], 'batch_stats': new['batch_stats']}
+
+    rng = np.random.default_rng(seed)
+    variables = self.variables
+    for _ in range(num_batches):
+      idx = rng.choice(len(images), min(batch_size, len(images)), replace=False)
+      variables = update(variables, features_lib.to_model_input(images[idx]))
+    self.variables = jax.device_get(variables)
+    self._cache.clear()
 
   def features(self, images: np.ndarray, config, feature: Optional[str] = None) -> np.ndarray:
     """Frozen features of `images`, computed once per (array, feature) across protocols."""
@@ -103,8 +123,17 @@ def _eval_data(config, dataset_config=None):
 def _data_and_encoder(config, workdir, encoder, data):
   """The labelled arrays and the encoder a protocol uses, loaded unless given."""
   data = data or _eval_data(config)
-  encoder = encoder or Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:])
+  if encoder is None:
+    encoder = _encoder(config, workdir, data)
   return data, encoder
+
+
+def _encoder(config, workdir, data, state=None) -> Encoder:
+  encoder = Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:],
+                    state=state)
+  if encoder.random_init:
+    encoder.calibrate_batch_norm(data[0], seed=config.seed)
+  return encoder
 
 
 def _num_classes_and_shape(config):
@@ -210,6 +239,8 @@ def transfer(config, workdir) -> dict:
   train_x, train_y, test_x, test_y, target_classes = _eval_data(config, target)
   train_x = _match_channels(train_x, image_shape[-1])
   test_x = _match_channels(test_x, image_shape[-1])
+  if encoder.random_init:
+    encoder.calibrate_batch_norm(train_x, seed=config.seed)
   train_f, test_f = encoder.features(train_x, config), encoder.features(test_x, config)
   res = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=target_classes,
                                l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
@@ -269,8 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if mode in ('pretrain', 'transfer'):
     return transfer(config, workdir) if mode == 'transfer' else results
   data = _eval_data(config)
-  encoder = Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:],
-                    state=state)
+  encoder = _encoder(config, workdir, data, state)
   if mode in ('linear_eval', 'pretrain_then_eval', 'eval_all'):
     results = linear_eval(config, workdir, encoder=encoder, data=data)
   if mode in ('knn', 'eval_all'):

@@ -211,6 +211,35 @@ def _load_idx(name: str, paths: tuple[str, str], split: str, dataset_config) -> 
 
 
 # ----------------------------------------------------------------------------------------------
+# scikit-learn's bundled handwritten digits: real, offline, tiny (an offline transfer target).
+
+SKLEARN_DIGITS = 'sklearn_digits'
+_DIGITS_TEST_SIZE = 500  # of 1797 images; the split is a fixed permutation (seed 0)
+
+
+def _load_sklearn_digits(split: str, dataset_config) -> Source:
+  """The 1797 8x8 grey digits (UCI, shipped with scikit-learn), as uint8 [N, 8, 8, 1].
+
+  'train' is 1297 images and 'test' 500, from one fixed permutation; eval preprocessing resizes
+  them to `image_size`.
+  """
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  order = np.random.default_rng(0).permutation(len(digits.images))
+  parts = {'train': order[_DIGITS_TEST_SIZE:], 'test': order[:_DIGITS_TEST_SIZE]}
+  base, _, _ = parse_split(split)
+  if base not in parts:
+    raise ValueError(f"sklearn_digits has the splits 'train' and 'test', not {split!r}")
+  idx = parts[base][slice_for_split(split, len(parts[base]))]
+  # Pixel values are 0..16.
+  images = np.round(digits.images[idx] * (255 / 16)).astype(np.uint8)[..., None]
+  labels = digits.target[idx].astype(np.int32)
+  images, labels = _truncate_train(dataset_config, split, images, labels)
+  return Source(name=SKLEARN_DIGITS, num_classes=10, images=images, labels=labels,
+                num_examples=len(images), class_names=tuple(str(d) for d in range(10)))
+
+
+# ----------------------------------------------------------------------------------------------
 # TFDS.
 
 def _tfds_builder(name: str, data_dir: Optional[str]):
@@ -410,6 +439,8 @@ def load(dataset_config, split: str) -> Source:
   name = dataset_config.name
   if name == 'image_folder':
     return _load_image_folder(split, dataset_config)
+  if name == SKLEARN_DIGITS:
+    return _load_sklearn_digits(split, dataset_config)
   data_dir = dataset_config.get('data_dir')
   if name in ('fashion_mnist', 'mnist'):
     paths = find_idx_files(name, data_dir, parse_split(split)[0])

@@ -1,0 +1,72 @@
+"""Every --mode protocol writes its key into results.json (tiny encoder, real data)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from simclr_jax import run
+from simclr_jax.data import sources
+from tests import helpers
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('pretrained'))
+  config = helpers.tiny_config(num_train_steps=2, batch_size=16, num_devices=1)
+  config.dataset.train_split = 'train[:600]'
+  config.dataset.eval_split = 'test[:300]'
+  config.eval.max_iters = 50
+  config.eval.finetune_steps = 3
+  config.eval.finetune_batch_size = 16
+  config.eval.label_fractions = (0.1, 1.0)
+  config.eval.finetune_fraction = 0.1
+  run.train_and_evaluate(config, workdir, mode='pretrain')
+  return config, workdir
+
+
+def test_sklearn_digits_is_a_real_offline_source():
+  cfg = helpers.tiny_config().dataset
+  with cfg.unlocked():
+    cfg.name = 'sklearn_digits'
+  train, test = sources.load(cfg, 'train'), sources.load(cfg, 'test')
+  assert train.images.shape == (1297, 8, 8, 1) and test.images.shape == (500, 8, 8, 1)
+  assert set(np.unique(train.labels)) == set(range(10))
+  assert train.images.max() == 255
+
+
+def test_eval_all_writes_every_protocol(pretrained):
+  config, workdir = pretrained
+  results = run.train_and_evaluate(config, workdir, mode='eval_all')
+  for key in ('linear_eval_top1', 'linear_eval_top5', 'pixel_baseline_top1', 'knn20_top1',
+              'knn200_top1', 'finetune_10pct_top1', 'linear_10pct_top1', 'linear_100pct_top1',
+              'embed_plot'):
+    assert key in results, key
+  assert os.path.getsize(results['embed_plot']) > 1000
+
+
+def test_random_init_results_live_beside_pretrained(pretrained):
+  config, workdir = pretrained
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.init = 'random'
+  results = run.train_and_evaluate(config, workdir, mode='linear_eval')
+  assert 'random_init_linear_eval_top1' in results and 'linear_eval_top1' in results
+
+
+def test_transfer_to_digits(pretrained):
+  config, workdir = pretrained
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval.transfer_dataset = 'sklearn_digits'
+  results = run.train_and_evaluate(config, workdir, mode='transfer')
+  assert 0.3 < results['transfer_sklearn_digits_top1'] <= 1.0
+  assert 0.3 < results['transfer_sklearn_digits_pixel_baseline_top1'] <= 1.0
+
+
+def test_eval_without_checkpoint_names_the_fix(tmp_path):
+  config = helpers.tiny_config()
+  config.dataset.train_split = 'train[:100]'
+  config.dataset.eval_split = 'test[:100]'
+  with pytest.raises(FileNotFoundError, match='pretrain first|init=random'):
+    run.train_and_evaluate(config, str(tmp_path), mode='linear_eval')
