@@ -16,6 +16,8 @@ _CHOICES = {
     'model.head_mode': ('none', 'linear', 'nonlinear'),
     'optimizer.name': ('lars', 'sgd', 'adamw'),
     'optimizer.lr_scaling': ('linear', 'sqrt', 'none'),
+    'loss.name': ('nt_xent', 'nt_logistic', 'margin_triplet'),
+    'loss.negative_mining': ('none', 'semi_hard'),
 }
 
 
@@ -92,6 +94,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
   if 'temperature' in config.loss and not config.loss.temperature > 0:
     raise ConfigError(f'config.loss.temperature={config.loss.temperature} must be > 0 '
                       '(paper: 0.1 ImageNet, 0.5 CIFAR-10)')
+  if config.method == 'moco' and config.moco.queue_size % config.batch_size:
+    raise ConfigError(f'config.moco.queue_size={config.moco.queue_size} must be a multiple of '
+                      f'config.batch_size={config.batch_size} (the queue takes whole batches)')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError('set config.num_epochs > 0 or config.num_train_steps > 0')
   if config.optimizer.learning_rate <= 0:
