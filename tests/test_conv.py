@@ -77,3 +77,14 @@ def test_rejects_unknown_impl():
     ResNet(depth=18, conv_impl='winograd')
   with pytest.raises(ValueError, match='impl'):
     conv_lib.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), impl='fft')
+
+
+def test_build_model_reads_conv_impl():
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from simclr_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  assert c.model.conv_impl == 'xla'  # Off by default: TPU/GPU want their native convolution.
+  c.model.conv_impl = 'im2col'
+  assert build_model(c.model, num_classes=10, image_size=32).encoder.conv_impl == 'im2col'
+  del c.model['conv_impl']  # A config saved before the field existed still builds.
+  assert build_model(c.model, num_classes=10, image_size=32).encoder.conv_impl == 'xla'
