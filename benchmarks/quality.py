@@ -257,6 +257,8 @@ def _random_init_row(name, data):
   config.init = 'random'
   workdir = _fresh_dir(name)
   encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:])
+  # The project's random-init protocol (run._encoder): BN running statistics from the data.
+  encoder.calibrate_batch_norm(data[0], seed=config.seed)
   return {'pretrain_minutes': 0.0, **_evaluate_encoder(config, encoder, data, workdir)}
 
 
