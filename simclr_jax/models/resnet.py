@@ -77,6 +77,18 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
       name=name)
 
 
+def _add_shortcut(block: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+  """relu(shortcut(x) + y); the shortcut is a strided 1x1 conv + BN where the shape changes.
+
+  Called from a block's compact __call__, so the submodules are the block's own
+  ('proj_conv', 'proj_bn').
+  """
+  if x.shape != y.shape:
+    x = _conv(y.shape[-1], 1, block.stride, block.dtype, 'proj_conv', block.conv_impl)(x)
+    x = block.norm(name='proj_bn')(x)
+  return nn.relu(x + y)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs (ResNet-18/34). Output has `filters` channels.
 
@@ -103,11 +115,7 @@ class BasicBlock(nn.Module):
     # Zero gamma: every block starts as the identity, which helps large-batch training
     # (Goyal et al. 2017), as in the official SimCLR code.
     y = self.norm(name='bn2', scale_init=nn.initializers.zeros)(y)
-    if residual.shape != y.shape:
-      residual = _conv(self.filters, 1, self.stride, self.dtype, 'proj_conv',
-                       self.conv_impl)(residual)
-      residual = self.norm(name='proj_bn')(residual)
-    return nn.relu(residual + y)
+    return _add_shortcut(self, residual, y)
 
 
 class BottleneckBlock(nn.Module):
@@ -136,11 +144,7 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(self.norm(name='bn2')(y))
     y = _conv(4 * self.filters, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
     y = self.norm(name='bn3', scale_init=nn.initializers.zeros)(y)  # Identity at init.
-    if residual.shape != y.shape:
-      residual = _conv(4 * self.filters, 1, self.stride, self.dtype, 'proj_conv',
-                       self.conv_impl)(residual)
-      residual = self.norm(name='proj_bn')(residual)
-    return nn.relu(residual + y)
+    return _add_shortcut(self, residual, y)
 
 
 class ResNet(nn.Module):
