@@ -61,9 +61,7 @@ def plot(ops, grid, path, title):
   ax.set_ylabel('1st transformation')
   ax.set_title(title, fontsize=9)
   fig.colorbar(im, ax=ax, label='linear eval top-1 (%)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def main(argv):
@@ -74,8 +72,7 @@ def main(argv):
     if o not in OP_NAMES:
       raise app.UsageError(f'unknown op {o!r}; choose from {sorted(OP_NAMES)}')
   ops = tuple(FLAGS.ops)
-  base = common.base_config(FLAGS.budget_scale, FLAGS.seed)
-  data = common.eval_data(base)
+  base, data = common.base_config_and_data(FLAGS.budget_scale, FLAGS.seed)
   t0 = time.time()
   k = len(ops)
   grid = np.full((k, k), np.nan)

@@ -40,17 +40,14 @@ def plot(batch_sizes, epochs, grid, path, title):
   ax.set_ylabel('linear eval top-1 (%)')
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8, ncol=len(batch_sizes), loc='upper left')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def main(argv):
   del argv
   out = FLAGS.out
   common.setup_jax(out)
-  base = common.base_config(FLAGS.budget_scale, FLAGS.seed)
-  data = common.eval_data(base)
+  base, data = common.base_config_and_data(FLAGS.budget_scale, FLAGS.seed)
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   # Epochs scale with the budget beyond the full dataset, as in base_config.
   epoch_scale = common.epochs_of(base) / common.EPOCHS

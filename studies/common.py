@@ -93,6 +93,20 @@ def base_config(budget_scale: float = 1.0, seed: int = 0) -> ml_collections.Conf
   return c
 
 
+def base_config_and_data(budget_scale: float, seed: int) -> tuple:
+  """The study's base config and its evaluation arrays (see base_config, eval_data)."""
+  config = base_config(budget_scale, seed)
+  return config, eval_data(config)
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes a matplotlib figure as PNG and frees it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def set_epochs(config, epochs: float, *, batch_size: int) -> None:
   """Batch size and run length in epochs of the train subset (config.num_epochs is an int, so
   the length is set in steps); the warmup is 10% of the run, at most 0.3 epochs."""

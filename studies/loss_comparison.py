@@ -74,17 +74,14 @@ def plot(best, path, title):
   ax.set_ylim(min(ours + [p for p in paper if p == p]) - 10, 100)
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8, loc='upper left', ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def main(argv):
   del argv
   out = FLAGS.out
   common.setup_jax(out)
-  base = common.base_config(FLAGS.budget_scale, FLAGS.seed)
-  data = common.eval_data(base)
+  base, data = common.base_config_and_data(FLAGS.budget_scale, FLAGS.seed)
   t0 = time.time()
   cells, best = [], {}
   for family, knob, name, config in sweep(base):
