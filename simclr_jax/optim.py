@@ -50,7 +50,7 @@ def exclude_bias_and_norm(path: tuple[Any, ...], leaf: jax.Array) -> bool:
   its supervised head, which here is the separately optimised probe).
 
   Args:
-    path: key path of the leaf (as from jax.tree_util.tree_map_with_path); unused by the rank
+    path: key path of the leaf (as from jax.tree.map_with_path); unused by the rank
       rule, kept so the signature fits tree_map_with_path and name-based variants.
     leaf: the parameter (an array or anything with `.ndim`).
 
@@ -63,7 +63,7 @@ def exclude_bias_and_norm(path: tuple[Any, ...], leaf: jax.Array) -> bool:
 
 def decay_mask(params: Any) -> Any:
   """Tree of bools, True where weight decay (and the LARS trust ratio) apply."""
-  return jax.tree_util.tree_map_with_path(
+  return jax.tree.map_with_path(
       lambda path, leaf: not exclude_bias_and_norm(path, leaf), params)
 
 
@@ -154,7 +154,7 @@ def _partition_labels(params: Any) -> Any:
     top = getattr(path[0], 'key', None) if path else None
     return 'probe' if top == PROBE_KEY else 'backbone'
 
-  return jax.tree_util.tree_map_with_path(label, params)
+  return jax.tree.map_with_path(label, params)
 
 
 def build_optimizer(optimizer_config: ml_collections.ConfigDict, *, global_batch_size: int,

@@ -83,7 +83,7 @@ def tiny():
       jax.random.key(0, impl='rbg'))
   # With zero-initialised residual gammas the random net's h is tiny and nearly constant, which
   # plain SGD cannot fit in a few epochs; unit gammas give a usable random representation.
-  variables = jax.tree_util.tree_map_with_path(
+  variables = jax.tree.map_with_path(
       lambda path, x: jnp.ones_like(x) if jax.tree_util.keystr(path).endswith("['scale']") else x,
       variables)
   images, labels = helpers.fashion_mnist('train', 512)

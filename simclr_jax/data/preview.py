@@ -65,17 +65,23 @@ def save_grid(grid: np.ndarray, path: str, title: str = '') -> None:
   plt.close(fig)
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  config = flags.FLAGS.config
-  grid = preview_grid(config, num_examples=flags.FLAGS.num_examples)
+def write_preview(config, out: str, *, num_examples: int) -> str:
+  """Writes the grid of `num_examples` images and their two views to the PNG `out`."""
+  grid = preview_grid(config, num_examples=num_examples)
   ops1, ops2 = augment.view_ops(config.augment)
   title = f'{config.dataset.name}: view 1 {"+".join(ops1) or "none"}'
   if ops2 != ops1:
     title += f' | view 2 {"+".join(ops2) or "none"}'
-  save_grid(grid, flags.FLAGS.out, title)
-  print(f'Wrote {flags.FLAGS.out}')
+  save_grid(grid, out, title)
+  return out
+
+
+def main(argv: Sequence[str]) -> None:
+  """Command-line entry: the only place here that reads flags."""
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  out = write_preview(flags.FLAGS.config, flags.FLAGS.out, num_examples=flags.FLAGS.num_examples)
+  print(f'Wrote {out}')
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ probe, the collectives on gradients, checkpoints. Adding a method = one module h
 `simclr_jax/methods/__init__.py`, and a config.
 """
 
+import abc
 from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
@@ -22,8 +23,8 @@ class Aux(NamedTuple):
   extra_update: PyTree = None  # anything `update_extra` needs (e.g. this step's keys)
 
 
-class Method:
-  """Base class: a method with no extra state."""
+class Method(abc.ABC):
+  """Base class: a method with no extra state; subclasses define `loss`."""
 
   name = 'base'
 
@@ -32,10 +33,10 @@ class Method:
     del variables, config
     return {}
 
+  @abc.abstractmethod
   def loss(self, model, params, batch_stats, extra, views, rng, *, config,
            axis_name: Optional[str]):
     """Returns (loss, Aux). `views` is [n, 2, H, W, C]; called inside the per-core step."""
-    raise NotImplementedError
 
   def update_extra(self, extra: PyTree, params: PyTree, aux: Aux, *, config,
                    axis_name: Optional[str]) -> PyTree:
