@@ -57,7 +57,7 @@ def _worker(args) -> None:
         batch_size=args.batch_size, image_size=args.image_size, channels=args.channels,
         width_multiplier=args.width_multiplier, head_out_dim=args.head_out_dim,
         channels_last=v.get('format', 'channels_last') == 'channels_last',
-        threads=int(v.get('threads', 0)))
+        threads=int(v.get('threads', 0)), cifar_stem=bool(args.cifar_stem))
     import torch  # pylint: disable=g-import-not-at-top
     info['threads'] = torch.get_num_threads()
     info['torch_version'] = torch.__version__
@@ -67,7 +67,8 @@ def _worker(args) -> None:
     step, info = jax_bench.build_step(
         depth=18, width_multiplier=args.width_multiplier, image_size=args.image_size,
         channels=args.channels, batch_size=args.batch_size, head_out_dim=args.head_out_dim,
-        num_devices=int(v.get('devices', 1)), conv_impl=v['conv_impl'])
+        num_devices=int(v.get('devices', 1)), conv_impl=v['conv_impl'],
+        cifar_stem=bool(args.cifar_stem))
   else:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -113,7 +114,7 @@ def _start(spec: str, args) -> subprocess.Popen:
       [_HERE, os.path.dirname(_HERE), env.get('PYTHONPATH', '')]).strip(os.pathsep)
   cmd = [sys.executable, os.path.abspath(__file__), f'--worker={spec}']
   for k in ('batch_size', 'image_size', 'channels', 'width_multiplier', 'head_out_dim',
-            'warmup_steps'):
+            'warmup_steps', 'cifar_stem'):
     cmd.append(f'--{k}={getattr(args, k)}')
   return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -135,6 +136,9 @@ def main():
   parser.add_argument('--channels', type=int, default=3)
   parser.add_argument('--width_multiplier', type=float, default=1.0)
   parser.add_argument('--head_out_dim', type=int, default=128)
+  parser.add_argument('--cifar_stem', type=int, choices=(0, 1), default=1,
+                      help='1: 3x3/1 stem conv (the issue-10 model); 0: 7x7/2 conv + max-pool '
+                      '(configs/fashion_mnist.py).')
   parser.add_argument('--rounds', type=int, default=5, help='Timed steps per variant.')
   parser.add_argument('--warmup_steps', type=int, default=1)
   parser.add_argument('--sequential_build', action='store_true',
@@ -210,6 +214,7 @@ def main():
 
   print(f'batch_size N={args.batch_size} ({2 * args.batch_size} views), '
         f'{args.image_size}x{args.image_size}x{args.channels}, width {args.width_multiplier}, '
+        f'{"CIFAR" if args.cifar_stem else "ImageNet"} stem, '
         f'{args.rounds} interleaved rounds, load avg per round {[round(x, 1) for x in loads]}')
   if ceiling:
     print(f'matmul ceiling (median of rounds) {ceiling / 1e9:.1f} GFLOP/s; '
@@ -224,6 +229,7 @@ def main():
           f"{r.get('ratio_vs_torch_per_round_median', float('nan')):>9.2f}")
   print(json.dumps(dict(batch_size=args.batch_size, image_size=args.image_size,
                         channels=args.channels, width_multiplier=args.width_multiplier,
+                        cifar_stem=bool(args.cifar_stem),
                         rounds=args.rounds, load_avg_per_round=loads,
                         matmul_ceiling_flops_per_s=ceiling, flops_per_step=flops,
                         date=time.strftime('%Y-%m-%d'), cpu_count=os.cpu_count(),

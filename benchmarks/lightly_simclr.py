@@ -8,10 +8,11 @@ Run by benchmarks/quality.py, which writes DATA.npz (`pretrain_images` uint8 [N,
 script writes (`train_h`, `test_h`) with simclr_jax's own linear / kNN code.
 
 What comes from lightly: `lightly.loss.NTXentLoss` and `lightly.models.modules.
-SimCLRProjectionHead`. What mirrors configs/fashion_mnist.py: the encoder (ResNet-18 v1.5, CIFAR
-stem, width 1/4: `torch_train_step.ResNet18Cifar`), head widths (h -> h -> 64), temperature 0.2,
-batch 256, LARS (`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a 0.3-epoch
-warmup and cosine decay, and the augmentation (written here in torch because torchvision's PyPI
+SimCLRProjectionHead`. What mirrors the JAX config (quality.py passes its fields as flags; the
+defaults here are configs/fashion_mnist.py's): the encoder (ResNet-18 v1.5, ImageNet stem, width
+0.5: `torch_train_step.ResNet18`), head widths (h -> h -> 64), temperature 0.2, batch 256, LARS
+(`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a 0.3-epoch warmup and
+cosine decay, and the augmentation (written here in torch because torchvision's PyPI
 wheels do not import beside the local torch build): random resized crop (area U[0.2, 1], aspect
 log-U[3/4, 4/3], first of 10 tries that fits, else the whole image) resized bicubically, flip
 p=0.5, and with p=0.8 brightness (x b) and contrast (about the per-image mean, x c), b, c ~
@@ -41,13 +42,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 EXIT_BLOCKED = 3
-AREA_RANGE = (0.2, 1.0)  # configs/fashion_mnist.py: augment.crop_area_min
 ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_TRIES = 10
 JITTER_P = 0.8
-JITTER_RANGE = 0.8 * 0.5  # 0.8 x color_strength (0.5)
-WARMUP_EPOCHS = 0.3
-BASE_LEARNING_RATE = 1.0  # x batch_size / 256
+JITTER_PER_STRENGTH = 0.8  # brightness/contrast factors in 1 +- 0.8 x color_strength
 
 
 def import_lightly():
@@ -64,11 +62,13 @@ def import_lightly():
   return NTXentLoss, SimCLRProjectionHead, lightly.__version__
 
 
-def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, gen: torch.Generator, *, crop_area_min: float,
+            color_strength: float) -> torch.Tensor:
   """One random view per image: crop+resize, flip, brightness/contrast. [B,C,H,W] in [0, 1]."""
   b, _, height, width = images.shape
   u = lambda *shape: torch.rand(*shape, generator=gen)  # pylint: disable=unnecessary-lambda-assignment
-  area = (AREA_RANGE[0] + (AREA_RANGE[1] - AREA_RANGE[0]) * u(b, CROP_TRIES)) * height * width
+  jitter_range = JITTER_PER_STRENGTH * color_strength
+  area = (crop_area_min + (1 - crop_area_min) * u(b, CROP_TRIES)) * height * width
   log_ratio = math.log(ASPECT_RANGE[0]) + (
       math.log(ASPECT_RANGE[1]) - math.log(ASPECT_RANGE[0])) * u(b, CROP_TRIES)
   crop_w = torch.round(torch.sqrt(area * torch.exp(log_ratio)))
@@ -94,8 +94,8 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
   flip = (u(b) < 0.5).view(b, 1, 1, 1)
   x = torch.where(flip, x.flip(-1), x)
   apply = (u(b) < JITTER_P).view(b, 1, 1, 1)
-  bright = (1 + JITTER_RANGE * (2 * u(b) - 1)).clamp(min=0).view(b, 1, 1, 1)
-  contrast = (1 + JITTER_RANGE * (2 * u(b) - 1)).view(b, 1, 1, 1)
+  bright = (1 + jitter_range * (2 * u(b) - 1)).clamp(min=0).view(b, 1, 1, 1)
+  contrast = (1 + jitter_range * (2 * u(b) - 1)).view(b, 1, 1, 1)
   bright_first = (u(b) < 0.5).view(b, 1, 1, 1)
 
   def adjust_brightness(y):
@@ -110,9 +110,10 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
   return torch.where(apply, jittered, x)
 
 
-def learning_rate(step: int, *, total_steps: int, steps_per_epoch: int, peak: float) -> float:
-  """Linear warmup over min(0.3 epoch, 30% of the run), then cosine to 0 (simclr_jax.optim)."""
-  warmup = min(WARMUP_EPOCHS * steps_per_epoch, 0.3 * total_steps)
+def learning_rate(step: int, *, total_steps: int, steps_per_epoch: int, peak: float,
+                  warmup_epochs: float) -> float:
+  """Linear warmup over min(warmup_epochs, 30% of the run), then cosine to 0 (simclr_jax.optim)."""
+  warmup = min(warmup_epochs * steps_per_epoch, 0.3 * total_steps)
   if step < warmup:
     return peak * (step + 1) / warmup
   progress = (step - warmup) / max(total_steps - warmup, 1)
@@ -122,9 +123,10 @@ def learning_rate(step: int, *, total_steps: int, steps_per_epoch: int, peak: fl
 class SimCLR(torch.nn.Module):
   """Our encoder mirror + lightly's projection head."""
 
-  def __init__(self, head_cls, *, channels: int, width_multiplier: float, out_dim: int):
+  def __init__(self, head_cls, *, channels: int, width_multiplier: float, cifar_stem: bool,
+               out_dim: int):
     super().__init__()
-    self.encoder = torch_train_step.ResNet18Cifar(channels, width_multiplier)
+    self.encoder = torch_train_step.ResNet18(channels, width_multiplier, cifar_stem)
     d = self.encoder.dim
     self.head = head_cls(input_dim=d, hidden_dim=d, output_dim=out_dim)
 
@@ -132,19 +134,24 @@ class SimCLR(torch.nn.Module):
     return self.head(self.encoder(x))
 
 
-def train(pretrain_images: np.ndarray, *, steps: int, batch_size: int, temperature: float,
-          seed: int, lightly_parts, on_step=None) -> tuple[SimCLR, float]:
-  """Pretrains for `steps` steps; returns (model, last loss)."""
+def train(pretrain_images: np.ndarray, *, steps: int, args: argparse.Namespace, lightly_parts,
+          on_step=None) -> tuple[SimCLR, float]:
+  """Pretrains for `steps` steps with the model/optimizer/augmentation flags of `args`; returns
+  (model, last loss)."""
   ntxent_cls, head_cls, _ = lightly_parts
-  torch.manual_seed(seed)
-  gen = torch.Generator().manual_seed(seed)
-  rng = np.random.default_rng(seed)
+  batch_size = args.batch_size
+  torch.manual_seed(args.seed)
+  gen = torch.Generator().manual_seed(args.seed)
+  rng = np.random.default_rng(args.seed)
   images = torch.from_numpy(pretrain_images).permute(0, 3, 1, 2).float() / 255.
-  model = SimCLR(head_cls, channels=images.shape[1], width_multiplier=0.25, out_dim=64).train()
-  criterion = ntxent_cls(temperature=temperature)
-  lars = torch_train_step.Lars(model.parameters(), lr=0.0)
+  model = SimCLR(head_cls, channels=images.shape[1], width_multiplier=args.width_multiplier,
+                 cifar_stem=args.cifar_stem, out_dim=args.head_out_dim).train()
+  criterion = ntxent_cls(temperature=args.temperature)
+  lars = torch_train_step.Lars(model.parameters(), lr=0.0, weight_decay=args.weight_decay)
   steps_per_epoch = images.shape[0] // batch_size
-  peak = BASE_LEARNING_RATE * batch_size / 256
+  peak = args.learning_rate * batch_size / 256
+  view = lambda x: augment(x, gen, crop_area_min=args.crop_area_min,  # pylint: disable=unnecessary-lambda-assignment
+                           color_strength=args.color_strength)
   order = np.zeros((0,), np.int64)
   loss = float('nan')
   for step in range(steps):
@@ -152,12 +159,13 @@ def train(pretrain_images: np.ndarray, *, steps: int, batch_size: int, temperatu
       order = rng.permutation(images.shape[0])
     idx, order = order[:batch_size], order[batch_size:]
     batch = images[torch.from_numpy(idx)]
-    view_1, view_2 = augment(batch, gen), augment(batch, gen)
+    view_1, view_2 = view(batch), view(batch)
     for p in model.parameters():
       p.grad = None
     total = criterion(model(view_1), model(view_2))
     total.backward()
-    lars.lr = learning_rate(step, total_steps=steps, steps_per_epoch=steps_per_epoch, peak=peak)
+    lars.lr = learning_rate(step, total_steps=steps, steps_per_epoch=steps_per_epoch, peak=peak,
+                            warmup_epochs=args.warmup_epochs)
     lars.step()
     loss = total.item()  # also syncs, so on_step timings are real
     if not math.isfinite(loss):
@@ -189,6 +197,14 @@ def main():
   parser.add_argument('--batch_size', type=int, default=256)
   parser.add_argument('--temperature', type=float, default=0.2)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--width_multiplier', type=float, default=0.5)
+  parser.add_argument('--cifar_stem', type=int, choices=(0, 1), default=0)
+  parser.add_argument('--head_out_dim', type=int, default=64)
+  parser.add_argument('--learning_rate', type=float, default=1.0, help='x batch_size / 256.')
+  parser.add_argument('--weight_decay', type=float, default=1e-6)
+  parser.add_argument('--warmup_epochs', type=float, default=0.3)
+  parser.add_argument('--crop_area_min', type=float, default=0.2)
+  parser.add_argument('--color_strength', type=float, default=0.5)
   args = parser.parse_args()
   try:
     lightly_parts = import_lightly()
@@ -202,8 +218,7 @@ def main():
     parser.error('--data and --out are required')
   data = np.load(args.data)
   pretrain_images = data['pretrain_images']
-  kwargs = dict(batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
-                lightly_parts=lightly_parts)
+  kwargs = dict(args=args, lightly_parts=lightly_parts)
   times = []
   train(pretrain_images, steps=args.probe_steps,
         on_step=lambda: times.append(time.perf_counter()), **kwargs)

@@ -62,6 +62,7 @@ from simclr_jax.evaluation import knn as knn_lib
 from simclr_jax.evaluation import linear as linear_lib
 from simclr_jax.evaluation import subsets
 from simclr_jax.evaluation import supervised
+from simclr_jax.models import resnet
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONFIGS = {'simclr': fashion_mnist, 'moco': moco_fashion_mnist,
@@ -220,9 +221,25 @@ def _lightly_row(data) -> dict:
   np.savez(data_path, pretrain_images=pretrain_images, train_images=train_x, test_images=test_x)
   feats_path = os.path.join(workdir, 'features.npz')
   config = _base_config()
-  cmd = [FLAGS.torch_python, script, f'--data={data_path}', f'--out={feats_path}', f'--minutes={FLAGS.pretrain_minutes}',
-         f'--probe_steps={FLAGS.probe_steps}', f'--batch_size={config.batch_size}',
-         f'--temperature={config.loss.temperature}', f'--seed={config.seed}']
+  cifar_stem = config.model.cifar_stem
+  if cifar_stem is None:  # the encoder's own rule (simclr_jax.models.resnet)
+    cifar_stem = config.dataset.image_size <= resnet.CIFAR_STEM_MAX_SIDE
+  mirrored = dict(depth=18, head_hidden_dim=-1, optimizer='lars', lr_scaling='linear')
+  actual = dict(depth=config.model.depth, head_hidden_dim=config.model.head_hidden_dim,
+                optimizer=config.optimizer.name, lr_scaling=config.optimizer.lr_scaling)
+  if actual != mirrored:
+    raise ValueError(f'benchmarks/lightly_simclr.py mirrors {mirrored} only; the config has '
+                     f'{actual}: extend the mirror or drop the lightly row (--rows)')
+  cmd = [FLAGS.torch_python, script, f'--data={data_path}', f'--out={feats_path}',
+         f'--minutes={FLAGS.pretrain_minutes}', f'--probe_steps={FLAGS.probe_steps}',
+         f'--batch_size={config.batch_size}', f'--temperature={config.loss.temperature}',
+         f'--seed={config.seed}', f'--width_multiplier={config.model.width_multiplier}',
+         f'--cifar_stem={int(cifar_stem)}', f'--head_out_dim={config.model.head_out_dim}',
+         f'--learning_rate={config.optimizer.learning_rate}',
+         f'--weight_decay={config.optimizer.weight_decay}',
+         f'--warmup_epochs={config.optimizer.warmup_epochs}',
+         f'--crop_area_min={config.augment.crop_area_min}',
+         f'--color_strength={config.augment.color_strength}']
   logging.info('lightly: %s', ' '.join(cmd))
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]

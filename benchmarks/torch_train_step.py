@@ -57,13 +57,17 @@ class BasicBlock(nn.Module):
     return F.relu(residual + y)
 
 
-class ResNet18Cifar(nn.Module):
-  """ResNet-18 v1.5, CIFAR stem, ending at the global average pool (h)."""
+class ResNet18(nn.Module):
+  """ResNet-18 v1.5 ending at the global average pool (h), with either stem of
+  simclr_jax.models.resnet: CIFAR (3x3/1 conv, no max-pool) or ImageNet (7x7/2 conv, then a
+  3x3/2 max-pool with 1 pixel of padding)."""
 
-  def __init__(self, channels: int = 3, width_multiplier: float = 1.0):
+  def __init__(self, channels: int = 3, width_multiplier: float = 1.0, cifar_stem: bool = True):
     super().__init__()
     w = lambda c: max(1, int(c * width_multiplier))  # pylint: disable=unnecessary-lambda-assignment
-    self.stem_conv, self.stem_bn = conv_bn(channels, w(64), 3, 1)
+    self.stem_conv, self.stem_bn = conv_bn(channels, w(64), 3 if cifar_stem else 7,
+                                           1 if cifar_stem else 2)
+    self.stem_pool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, 2, padding=1)
     blocks, cin = [], w(64)
     for stage in range(4):
       cout = w(64 * 2 ** stage)
@@ -74,16 +78,17 @@ class ResNet18Cifar(nn.Module):
     self.dim = cin
 
   def forward(self, x):
-    y = F.relu(self.stem_bn(self.stem_conv(x)))
+    y = self.stem_pool(F.relu(self.stem_bn(self.stem_conv(x))))
     return self.blocks(y).mean(dim=(2, 3))
 
 
 class ContrastiveModel(nn.Module):
   """Encoder + 2-layer head (last BN without offset) + online probe on h.detach()."""
 
-  def __init__(self, channels: int, width_multiplier: float, out_dim: int, num_classes: int):
+  def __init__(self, channels: int, width_multiplier: float, out_dim: int, num_classes: int,
+               cifar_stem: bool = True):
     super().__init__()
-    self.encoder = ResNet18Cifar(channels, width_multiplier)
+    self.encoder = ResNet18(channels, width_multiplier, cifar_stem)
     d = self.encoder.dim
     self.dense_1 = nn.Linear(d, d, bias=False)
     self.bn_1 = nn.BatchNorm1d(d, eps=1e-5, momentum=0.1)
@@ -133,12 +138,13 @@ class Lars:
 
 def build(*, batch_size: int, image_size: int = 32, channels: int = 3,
           width_multiplier: float = 1.0, head_out_dim: int = 128, channels_last: bool = True,
-          threads: int = 0, seed: int = 0):
+          threads: int = 0, seed: int = 0, cifar_stem: bool = True):
   """The model, optimizers and one-step closure. Returns (step() -> loss float, model)."""
   torch.manual_seed(seed)
   if threads > 0:
     torch.set_num_threads(threads)
-  model = ContrastiveModel(channels, width_multiplier, head_out_dim, num_classes=10)
+  model = ContrastiveModel(channels, width_multiplier, head_out_dim, num_classes=10,
+                           cifar_stem=cifar_stem)
   fmt = torch.channels_last if channels_last else torch.contiguous_format
   model = model.to(memory_format=fmt).train()
   probe_params = list(model.probe.parameters())
@@ -178,12 +184,15 @@ def main():
   parser.add_argument('--memory_format', choices=('channels_last', 'contiguous'),
                       default='channels_last')
   parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default).')
+  parser.add_argument('--cifar_stem', type=int, choices=(0, 1), default=1,
+                      help='1: 3x3/1 stem conv (the issue-10 model); 0: 7x7/2 conv + max-pool.')
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--warmup_steps', type=int, default=2)
   args = parser.parse_args()
   step, _ = build(batch_size=args.batch_size, image_size=args.image_size, channels=args.channels,
                   width_multiplier=args.width_multiplier, head_out_dim=args.head_out_dim,
-                  channels_last=args.memory_format == 'channels_last', threads=args.threads)
+                  channels_last=args.memory_format == 'channels_last', threads=args.threads,
+                  cifar_stem=bool(args.cifar_stem))
   for _ in range(args.warmup_steps):
     step()
   times = []
@@ -194,7 +203,7 @@ def main():
   median = float(np.median(times))
   result = dict(
       framework='torch', torch_version=torch.__version__, threads=torch.get_num_threads(),
-      memory_format=args.memory_format, depth=18, width_multiplier=args.width_multiplier,
+      memory_format=args.memory_format, depth=18, cifar_stem=bool(args.cifar_stem), width_multiplier=args.width_multiplier,
       image_size=args.image_size, batch_size=args.batch_size, dtype='float32',
       images_per_s=2 * args.batch_size / median, step_s_median=median,
       step_s_min=float(np.min(times)), step_s_max=float(np.max(times)),

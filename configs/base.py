@@ -105,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.negative_mining = 'none'  # nt_logistic, margin_triplet: none | semi_hard
 
   # How the encoder's convolutions are lowered (simclr_jax/models/conv.py): xla (nn.Conv; TPU,
-  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs). docs/benchmarks.md.
+  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs) | auto (im2col on the
+  # CPU backend, xla elsewhere). docs/benchmarks.md.
   c.model.conv_impl = 'xla'
   return c

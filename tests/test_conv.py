@@ -72,6 +72,63 @@ def test_resnet_checkpoints_interchangeable(impl):
   np.testing.assert_allclose(h, h_ref, atol=1e-5, rtol=1e-5)
 
 
+# (window, stride, padding, H, W): the ImageNet stem's 3x3/2 pad 1 on even and odd sides, a
+# window that does not tile the input, and a plain 2x2/2.
+POOL_SHAPES = [(3, 2, 1, 14, 14), (3, 2, 1, 7, 9), (3, 1, 1, 5, 5), (2, 2, 0, 6, 6)]
+
+
+@pytest.mark.parametrize('shape', POOL_SHAPES)
+def test_max_pool_values_and_gradient_equal_nn_max_pool(shape):
+  """Same values and gradient routing, with ties: after a ReLU many windows are all zeros, and the gradient must
+  go to the same (first, row-major) element as XLA's select-and-scatter sends it."""
+  k, s, p, h, w = shape
+  x = jax.nn.relu(jax.random.normal(jax.random.key(4), (3, h, w, 5)))
+  x = x.at[0, :3, :3, 0].set(0.5)  # a window whose maximum is tied among all its elements
+  pool = lambda xx, impl: conv_lib.max_pool(xx, (k, k), strides=(s, s),  # pylint: disable=unnecessary-lambda-assignment
+                                            padding=((p, p), (p, p)), impl=impl)
+  y_ref = nn.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))
+  y = pool(x, 'im2col')
+  np.testing.assert_array_equal(y, y_ref)
+  cot = jax.random.normal(jax.random.key(5), y_ref.shape)
+  grad = lambda impl: jax.grad(lambda xx: jnp.sum(pool(xx, impl) * cot))(x)  # pylint: disable=unnecessary-lambda-assignment
+  g_ref = grad('xla')
+  assert float(jnp.abs(g_ref).sum()) > 0
+  for impl in ('im2col', 'shifted_matmul'):
+    g = grad(impl)
+    # Routed to the same elements; values equal up to the order in which overlapping windows'
+    # contributions are summed (float32 rounding).
+    np.testing.assert_array_equal(g != 0, g_ref != 0)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_auto_impl_is_the_matmul_lowering_on_cpu():
+  assert jax.default_backend() == 'cpu'
+  assert conv_lib.resolve_impl('auto') == conv_lib.CPU_IMPL == 'im2col'
+  assert conv_lib.resolve_impl('xla') == 'xla'
+
+
+@pytest.mark.parametrize('impl', IMPLS + ('auto',))
+def test_resnet_imagenet_stem_gradients_equal(impl):
+  """The whole encoder with the ImageNet stem (7x7/2 conv + max-pool): same h and gradients."""
+  x = jax.random.uniform(jax.random.key(6), (4, 28, 28, 1))
+  ref = ResNet(depth=18, width_multiplier=0.125, cifar_stem=False)
+  ours = ResNet(depth=18, width_multiplier=0.125, cifar_stem=False, conv_impl=impl)
+  variables = ref.init(jax.random.key(0), x, train=False)
+
+  def loss(model, params, xx):
+    h, _ = model.apply({**variables, 'params': params}, xx, train=True, mutable=['batch_stats'])
+    return jnp.sum(h * jnp.arange(h.shape[-1]))
+
+  g_ref = jax.grad(loss, argnums=(1, 2))(ref, variables['params'], x)
+  g = jax.grad(loss, argnums=(1, 2))(ours, variables['params'], x)
+  # Float32 summation order differs (matmuls vs convolutions), and some leaves (BN offsets
+  # followed by another BN) have true gradients ~0 made of cancelling terms: tolerance relative
+  # to each leaf's largest entry.
+  def close(a, b):
+    np.testing.assert_allclose(a, b, atol=1e-4 * float(np.abs(b).max()) + 1e-6)
+  jax.tree.map(close, g, g_ref)
+
+
 def test_rejects_unknown_impl():
   with pytest.raises(ValueError, match='conv_impl'):
     ResNet(depth=18, conv_impl='winograd')

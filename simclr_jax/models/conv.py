@@ -13,6 +13,15 @@ A convolution is a sum of matmuls over the kernel taps, so on CPU it can be writ
   accumulations.
 - 'xla': `lax.conv_general_dilated`, what `nn.Conv` does (the default; the right choice on
   TPU/GPU, where the convolution units are the fast path).
+- 'auto': 'im2col' when JAX's default backend is the CPU, else 'xla' (`resolve_impl`), so one
+  config runs fast on a laptop and natively on an accelerator.
+
+The ImageNet stem's 3x3/2 max-pool follows the same switch (`max_pool`): XLA:CPU turns the
+gradient of `nn.max_pool` (select-and-scatter) into an index-tracking reduce-window plus a
+scatter, ~75 ms of a ~385 ms Fashion-MNIST step (docs/benchmarks.md); the matmul lowerings use
+a max over the window's strided views with a hand-written gradient instead, routing each output
+gradient to the first maximal element of its window in row-major order, as select-and-scatter
+does (ties are common after a ReLU), so the gradients are identical.
 
 All three compute the same function with the same parameter: `Conv` is a drop-in for `nn.Conv`
 (NHWC input, explicit padding, no bias) whose one parameter is `kernel` [kh, kw, Cin, Cout],
@@ -20,6 +29,7 @@ initialised exactly as `nn.Conv` does, so checkpoints move between implementatio
 Gradients come from autodiff of the chosen form.
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -27,7 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul')
+CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul', 'auto')
+CPU_IMPL = 'im2col'  # what 'auto' picks on the CPU (docs/benchmarks.md, issue 10)
 
 Padding = Sequence[tuple[int, int]]
 
@@ -42,7 +53,17 @@ def _check(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Pad
     raise ValueError(f'conv needs 2 strides and 2 (lo, hi) paddings; got {strides}, {padding}.')
 
 
-def _taps(x: jax.Array, kh: int, kw: int, strides: Sequence[int], padding: Padding):
+def resolve_impl(impl: str) -> str:
+  """'auto' -> CPU_IMPL on the CPU backend, 'xla' elsewhere; any other name unchanged."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  if impl == 'auto':
+    return CPU_IMPL if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def _taps(x: jax.Array, kh: int, kw: int, strides: Sequence[int], padding: Padding,
+          pad_value: float = 0.0):
   """The kh*kw strided views of the padded input, row-major over (i, j), and the output side.
 
   View (i, j) is the input pixel that kernel tap (i, j) sees at every output position:
@@ -51,7 +72,7 @@ def _taps(x: jax.Array, kh: int, kw: int, strides: Sequence[int], padding: Paddi
   (plo_h, phi_h), (plo_w, phi_w) = padding
   sh, sw = strides
   if plo_h or phi_h or plo_w or phi_w:
-    x = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
+    x = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)), constant_values=pad_value)
   b, hp, wp, c = x.shape
   ho = (hp - kh) // sh + 1
   wo = (wp - kw) // sw + 1
@@ -73,14 +94,13 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     kernel: [kh, kw, Cin, Cout] (nn.Conv's layout).
     strides: (sh, sw).
     padding: ((lo_h, hi_h), (lo_w, hi_w)) explicit zero padding.
-    impl: 'xla' | 'im2col' | 'shifted_matmul' (see the module docstring).
+    impl: 'xla' | 'im2col' | 'shifted_matmul' | 'auto' (see the module docstring).
     precision: passed to the matmuls / convolution.
 
   Returns:
     [B, Ho, Wo, Cout], Ho = (H + lo_h + hi_h - kh) // sh + 1 (likewise Wo).
   """
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  impl = resolve_impl(impl)
   _check(x, kernel, strides, padding)
   kh, kw, cin, cout = kernel.shape
   if impl == 'xla':
@@ -138,4 +158,49 @@ class Conv(nn.Module):
                   padding=self.padding, impl=self.impl)
 
 
-__all__ = ('Conv', 'conv2d', 'CONV_IMPLS')
+def max_pool(x: jax.Array, window: Sequence[int], *, strides: Sequence[int],
+             padding: Padding, impl: str = 'xla') -> jax.Array:
+  """Max-pool over (H, W) of NHWC `x` with -inf padding: `nn.max_pool` for impl 'xla', else the
+  strided-view form with its own gradient (module docstring). Same values and gradients."""
+  padding = tuple(tuple(p) for p in padding)
+  if resolve_impl(impl) == 'xla':
+    return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
+  return _max_pool_views(x, tuple(window), tuple(strides), padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_views(x, window, strides, padding):
+  views, _ = _taps(x, *window, strides, padding, pad_value=-jnp.inf)
+  return functools.reduce(jnp.maximum, views)
+
+
+def _max_pool_views_fwd(x, window, strides, padding):
+  y = _max_pool_views(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_views_bwd(window, strides, padding, residuals, g):
+  x, y = residuals
+  views, (_, ho, wo) = _taps(x, *window, strides, padding, pad_value=-jnp.inf)
+  (plo_h, phi_h), (plo_w, phi_w) = padding
+  sh, sw = strides
+  hp, wp = x.shape[1] + plo_h + phi_h, x.shape[2] + plo_w + phi_w
+  taken = jnp.zeros(y.shape, bool)
+  grad_padded = jnp.zeros((x.shape[0], hp, wp, x.shape[3]), g.dtype)
+  zero = jnp.zeros((), g.dtype)
+  for t, view in enumerate(views):
+    i, j = divmod(t, window[1])
+    first = (view == y) & ~taken  # first maximal tap of each window, row-major
+    taken = taken | first
+    # Scatter back to the strided positions i + sh * p, j + sw * q by interior padding.
+    grad_padded = grad_padded + lax.pad(
+        jnp.where(first, g, zero), zero,
+        ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+         (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
+  return (grad_padded[:, plo_h:hp - phi_h, plo_w:wp - phi_w, :],)
+
+
+_max_pool_views.defvjp(_max_pool_views_fwd, _max_pool_views_bwd)
+
+
+__all__ = ('Conv', 'conv2d', 'max_pool', 'resolve_impl', 'CONV_IMPLS', 'CPU_IMPL')

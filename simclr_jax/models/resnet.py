@@ -52,7 +52,7 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
   # Symmetric explicit padding (k - 1) // 2, as torchvision and TF's fixed_padding: 'SAME' pads
   # a stride-2 conv asymmetrically, which shifts the features by half a pixel.
   pad = (kernel - 1) // 2
-  if impl == 'xla':
+  if conv_lib.resolve_impl(impl) == 'xla':
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -163,7 +163,9 @@ class ResNet(nn.Module):
     bn_momentum: decay of the BN running statistics.
     bn_epsilon: BN variance epsilon.
     conv_impl: 'xla' (nn.Conv, the default; right for TPU/GPU), or 'im2col' / 'shifted_matmul':
-      convolutions as matmuls, for CPUs where XLA's convolution is slow. Same parameters.
+      convolutions (and the stem's max-pool gradient) as matmuls / strided views, for CPUs where
+      XLA's convolution is slow; 'auto': im2col on the CPU backend, xla elsewhere. Same
+      parameters.
   """
   depth: int
   width_multiplier: float = 1.0
@@ -239,7 +241,8 @@ class ResNet(nn.Module):
     else:
       y = _conv(width(64), 7, 2, self.dtype, 'stem_conv', self.conv_impl)(y)
       y = nn.relu(norm_for(0)(name='stem_bn')(y))
-      y = nn.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      y = conv_lib.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                            impl=self.conv_impl)
     y = maybe_freeze(y, 0)
 
     kind, stage_sizes = STAGE_SIZES[self.depth]
