@@ -1,6 +1,6 @@
 """lightly's SimCLR on a PyTorch mirror of our encoder, for the quality benchmark (issue 5).
 
-  pip install -r benchmarks/requirements-torch.txt   # see that file: lightly goes in --no-deps
+  pip install -r benchmarks/requirements-torch.txt   # in its own venv: see that file
   python benchmarks/lightly_simclr.py --data=DATA.npz --out=FEATURES.npz --minutes=15
 
 Run by benchmarks/quality.py, which writes DATA.npz (`pretrain_images` uint8 [N, 28, 28, 1],
@@ -12,8 +12,9 @@ SimCLRProjectionHead`. What mirrors the JAX config (quality.py passes its fields
 defaults here are configs/fashion_mnist.py's): the encoder (ResNet-18 v1.5, ImageNet stem, width
 0.5: `torch_train_step.ResNet18`), head widths (h -> h -> 64), temperature 0.2, batch 256, LARS
 (`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a 0.3-epoch warmup and
-cosine decay, and the augmentation (written here in torch because torchvision's PyPI
-wheels do not import beside the local torch build): random resized crop (area U[0.2, 1], aspect
+cosine decay, and the augmentation (written here as batched torch tensor ops, the same
+distributions as our tf.data pipeline, so both rows see the same views, not torchvision's
+per-image transforms): random resized crop (area U[0.2, 1], aspect
 log-U[3/4, 4/3], first of 10 tries that fits, else the whole image) resized bicubically, flip
 p=0.5, and with p=0.8 brightness (x b) and contrast (about the per-image mean, x c), b, c ~
 U[0.6, 1.4], in random order, each clipped to [0, 1]. Differences left: torch's bicubic kernel

@@ -18,6 +18,12 @@ SHAPES = [
     (1, 1, 0, 6, 6, 5, 7),
     (1, 2, 0, 7, 7, 4, 8),
     (7, 2, 3, 16, 16, 3, 8),
+    # Small maps where some taps see only padding (dropped by the lowerings): the last stages
+    # of the ImageNet-stem ResNet on 28x28.
+    (3, 1, 1, 1, 1, 4, 6),
+    (3, 2, 1, 2, 2, 4, 6),
+    (3, 1, 1, 2, 2, 3, 5),  # fewer pixels than taps: the dense-matrix path
+    (3, 1, 1, 3, 2, 3, 5),
 ]
 IMPLS = ('im2col', 'shifted_matmul')
 
@@ -70,6 +76,14 @@ def test_resnet_checkpoints_interchangeable(impl):
   h_ref, _ = ref.apply(variables, x, train=True, mutable=['batch_stats'])
   h, _ = ours.apply(variables, x, train=True, mutable=['batch_stats'])
   np.testing.assert_allclose(h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_live_taps_drop_exactly_the_all_padding_taps():
+  pad1 = ((1, 1), (1, 1))
+  assert conv_lib._live_taps(1, 1, 3, 3, (1, 1), pad1) == [(1, 1)]  # pylint: disable=protected-access
+  assert conv_lib._live_taps(2, 2, 3, 3, (2, 2), pad1) == [(1, 1), (1, 2), (2, 1), (2, 2)]  # pylint: disable=protected-access
+  assert len(conv_lib._live_taps(2, 2, 3, 3, (1, 1), pad1)) == 9  # pylint: disable=protected-access
+  assert len(conv_lib._live_taps(7, 7, 3, 3, (2, 2), pad1)) == 9  # pylint: disable=protected-access
 
 
 # (window, stride, padding, H, W): the ImageNet stem's 3x3/2 pad 1 on even and odd sides, a

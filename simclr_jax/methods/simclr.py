@@ -74,8 +74,15 @@ def contrastive_logits(z_a: jax.Array, z_b: jax.Array, *, temperature: float,
   rows = offset + jnp.arange(n)
   self_col = jnp.concatenate([rows, rows + global_n])
   pos_col = jnp.concatenate([rows + global_n, rows])
-  logits = logits - _MASK * jax.nn.one_hot(self_col, 2 * global_n, dtype=logits.dtype)
+  # The mask as an iota compare inside a `where` (not a one-hot matrix): XLA fuses it into the
+  # logits' consumers instead of holding int/bool [2n, 2N] arrays (benchmarks/nt_xent_memory.py).
+  # Bitwise the same values as subtracting _MASK * one_hot.
+  logits = jnp.where(_columns(logits) == self_col[:, None], logits - _MASK, logits)
   return logits, pos_col, self_col
+
+
+def _columns(logits: jax.Array) -> jax.Array:
+  return lax.broadcasted_iota(jnp.int32, logits.shape, 1)
 
 
 def nt_xent(z_a: jax.Array, z_b: jax.Array, *, temperature: float,
@@ -96,7 +103,9 @@ def nt_xent(z_a: jax.Array, z_b: jax.Array, *, temperature: float,
   logits, pos_col, _ = contrastive_logits(
       z_a, z_b, temperature=temperature, axis_name=axis_name, normalize=normalize)
   log_p = jax.nn.log_softmax(logits, axis=-1)
-  pos_log_p = jnp.take_along_axis(log_p, pos_col[:, None], axis=-1)[:, 0]
+  # Row-wise pick of the positive as a masked sum (exact: one term, the rest zeros); unlike
+  # take_along_axis its gradient is elementwise, not a scatter.
+  pos_log_p = jnp.sum(jnp.where(_columns(log_p) == pos_col[:, None], log_p, 0.0), axis=-1)
   loss = -jnp.mean(pos_log_p)
   accuracy = jnp.mean((jnp.argmax(logits, -1) == pos_col).astype(jnp.float32))
   entropy = -jnp.mean(jnp.sum(jnp.exp(log_p) * log_p, -1))

@@ -23,6 +23,11 @@ a max over the window's strided views with a hand-written gradient instead, rout
 gradient to the first maximal element of its window in row-major order, as select-and-scatter
 does (ties are common after a ReLU), so the gradients are identical.
 
+Both matmul lowerings skip kernel taps whose strided view is all padding (`_live_taps`): on the
+1x1 maps of the last stage at 28x28, 8 of a 3x3 conv's 9 taps only multiply zeros. On maps with
+fewer pixels than live taps (2x2 under a 3x3 kernel) they multiply the flattened map by the
+conv's full matrix instead (`_dense_conv`): 16 instead of 36 multiplies per Cin*Cout there.
+
 All three compute the same function with the same parameter: `Conv` is a drop-in for `nn.Conv`
 (NHWC input, explicit padding, no bias) whose one parameter is `kernel` [kh, kw, Cin, Cout],
 initialised exactly as `nn.Conv` does, so checkpoints move between implementations unchanged.
@@ -36,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul', 'auto')
 CPU_IMPL = 'im2col'  # what 'auto' picks on the CPU (docs/benchmarks.md, issue 10)
@@ -62,12 +68,29 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
+def _live_taps(h: int, w: int, kh: int, kw: int, strides: Sequence[int],
+               padding: Padding) -> list[tuple[int, int]]:
+  """Kernel taps (i, j) whose strided view holds at least one input pixel, row-major.
+
+  A tap whose view is all padding multiplies zeros: a 3x3 conv on a 1x1 map (the last stage of
+  the ImageNet-stem ResNet on 28x28 Fashion-MNIST) has 1 live tap of 9, a stride-2 3x3 conv from
+  2x2 to 1x1 has 4. Dropping the dead ones is exact and skips their matmul work.
+  """
+  (plo_h, _), (plo_w, _) = padding
+  sh, sw = strides
+  ho = (h + sum(padding[0]) - kh) // sh + 1
+  wo = (w + sum(padding[1]) - kw) // sw + 1
+  live_rows = [i for i in range(kh) if any(plo_h <= i + sh * p < plo_h + h for p in range(ho))]
+  live_cols = [j for j in range(kw) if any(plo_w <= j + sw * q < plo_w + w for q in range(wo))]
+  return [(i, j) for i in live_rows for j in live_cols]
+
+
 def _taps(x: jax.Array, kh: int, kw: int, strides: Sequence[int], padding: Padding,
-          pad_value: float = 0.0):
+          pad_value: float = 0.0, taps=None):
   """The kh*kw strided views of the padded input, row-major over (i, j), and the output side.
 
   View (i, j) is the input pixel that kernel tap (i, j) sees at every output position:
-  x_pad[:, i + sh * p, j + sw * q, :] for p < Ho, q < Wo.
+  x_pad[:, i + sh * p, j + sw * q, :] for p < Ho, q < Wo. `taps`: only these (i, j), in order.
   """
   (plo_h, phi_h), (plo_w, phi_w) = padding
   sh, sw = strides
@@ -76,11 +99,10 @@ def _taps(x: jax.Array, kh: int, kw: int, strides: Sequence[int], padding: Paddi
   b, hp, wp, c = x.shape
   ho = (hp - kh) // sh + 1
   wo = (wp - kw) // sw + 1
-  views = []
-  for i in range(kh):
-    for j in range(kw):
-      views.append(lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                             (1, sh, sw, 1)))
+  if taps is None:
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+  views = [lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                     (1, sh, sw, 1)) for i, j in taps]
   return views, (b, ho, wo)
 
 
@@ -107,18 +129,48 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     return lax.conv_general_dilated(
         x, kernel, tuple(strides), tuple(tuple(p) for p in padding),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
-  views, (b, ho, wo) = _taps(x, kh, kw, strides, padding)
+  taps = _live_taps(x.shape[1], x.shape[2], kh, kw, strides, padding)
+  if x.shape[1] * x.shape[2] < len(taps):
+    return _dense_conv(x, kernel, strides, padding, taps, precision)
+  views, (b, ho, wo) = _taps(x, kh, kw, strides, padding, taps=taps)
   if len(views) == 1 or impl == 'im2col':
-    # Channel order (i, j, c) matches kernel.reshape's row-major flattening of (kh, kw, Cin).
+    # Channel order (tap, c) matches the kernel rows stacked tap by tap.
     patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-    y = jnp.dot(patches.reshape(b * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout),
-                precision=precision)
+    rows = jnp.concatenate([kernel[i, j] for i, j in taps], axis=0)
+    y = jnp.dot(patches.reshape(b * ho * wo, len(taps) * cin), rows, precision=precision)
     return y.reshape(b, ho, wo, cout)
   # shifted_matmul: one 1x1 conv per tap, accumulated.
   y = None
-  for t, view in enumerate(views):
-    term = jnp.dot(view.reshape(b * ho * wo, cin), kernel[t // kw, t % kw], precision=precision)
+  for (i, j), view in zip(taps, views):
+    term = jnp.dot(view.reshape(b * ho * wo, cin), kernel[i, j], precision=precision)
     y = term if y is None else y + term
+  return y.reshape(b, ho, wo, cout)
+
+
+def _dense_conv(x, kernel, strides, padding, taps, precision):
+  """A conv on a tiny map as one matmul by its full [H*W*Cin, Ho*Wo*Cout] matrix.
+
+  Each output position sums len(taps) input positions, but when the whole map has fewer pixels
+  than that (H*W < live taps: a 3x3 conv on the 2x2 maps of stage 3 at 28x28) the matrix that
+  maps the flattened map to the flattened output does fewer multiplies (H*W*Ho*Wo vs
+  Ho*Wo*taps per Cin*Cout) and needs no patch tensor. Its blocks are kernel taps, placed by a
+  constant 0/1 selection tensor (one tap per block, so the entries are exactly the kernel's).
+  """
+  b, h, w, cin = x.shape
+  kh, kw, _, cout = kernel.shape
+  (plo_h, phi_h), (plo_w, phi_w) = padding
+  sh, sw = strides
+  ho, wo = (h + plo_h + phi_h - kh) // sh + 1, (w + plo_w + phi_w - kw) // sw + 1
+  select = np.zeros((h, w, ho, wo, kh, kw), np.float32)
+  for p in range(ho):
+    for q in range(wo):
+      for i, j in taps:
+        r, c = sh * p + i - plo_h, sw * q + j - plo_w
+        if 0 <= r < h and 0 <= c < w:
+          select[r, c, p, q, i, j] = 1.0
+  matrix = jnp.einsum('rcpqij,ijko->rckpqo', jnp.asarray(select, kernel.dtype), kernel,
+                      precision=precision).reshape(h * w * cin, ho * wo * cout)
+  y = jnp.dot(x.reshape(b, h * w * cin), matrix, precision=precision)
   return y.reshape(b, ho, wo, cout)
 
 
