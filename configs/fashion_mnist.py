@@ -6,7 +6,8 @@ Run:
 Fashion-MNIST is read offline from the Debian package dataset-fashion-mnist
 (`apt-get install -y dataset-fashion-mnist`), or from TFDS when online.
 
-Measured (docs/benchmarks.md, 2026-11-24, 2-core CPU): 702 LARS steps (3 epochs, batch 256) of a
+Measured (docs/benchmarks.md, 2026-11-24, 2-core CPU), before this config moved to 5 epochs and
+conv_impl='auto' (not yet re-timed end to end): 702 LARS steps (3 epochs, batch 256) of a
 ResNet-18 at width 0.5 with the ImageNet stem (h is 256-d); linear-eval top-1 0.8421 against
 0.8406 for logistic regression on raw pixels of the same run. There is no paper number for
 Fashion-MNIST; the paper's CIFAR-10 setup is configs/cifar10.py.
