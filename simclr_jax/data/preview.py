@@ -9,7 +9,7 @@ batch, so the picture shows exactly what `pipeline.pretrain_batches` produces fo
 from __future__ import annotations
 
 import textwrap
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -76,20 +76,15 @@ def write_preview(config, out: str, *, num_examples: int) -> str:
   return out
 
 
-def main(argv: Sequence[str]) -> None:
-  """Command-line entry: the only place here that reads flags."""
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  out = write_preview(flags.FLAGS.config, flags.FLAGS.out, num_examples=flags.FLAGS.num_examples)
-  print(f'Wrote {out}')
-
-
 if __name__ == '__main__':
+  # Command-line entry (python -m simclr_jax.data.preview --config=... --out=...): the flags are
+  # defined and read only here; the library function takes plain arguments.
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-  flags.DEFINE_string('out', 'views.png', 'PNG to write.')
-  flags.DEFINE_integer('num_examples', 8, 'Examples (rows) to show.')
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  _OUT = flags.DEFINE_string('out', 'views.png', 'PNG to write.')
+  _NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 8, 'Examples (rows) to show.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(lambda argv: print(
+      f'Wrote {write_preview(_CONFIG.value, _OUT.value, num_examples=_NUM_EXAMPLES.value)}'))
