@@ -68,6 +68,13 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
+def _output_size(h: int, w: int, kh: int, kw: int, strides: Sequence[int],
+                 padding: Padding) -> tuple[int, int]:
+  """(Ho, Wo) of a window op with these kernel, strides and explicit padding."""
+  return ((h + sum(padding[0]) - kh) // strides[0] + 1,
+          (w + sum(padding[1]) - kw) // strides[1] + 1)
+
+
 def _live_taps(h: int, w: int, kh: int, kw: int, strides: Sequence[int],
                padding: Padding) -> list[tuple[int, int]]:
   """Kernel taps (i, j) whose strided view holds at least one input pixel, row-major.
@@ -78,8 +85,7 @@ def _live_taps(h: int, w: int, kh: int, kw: int, strides: Sequence[int],
   """
   (plo_h, _), (plo_w, _) = padding
   sh, sw = strides
-  ho = (h + sum(padding[0]) - kh) // sh + 1
-  wo = (w + sum(padding[1]) - kw) // sw + 1
+  ho, wo = _output_size(h, w, kh, kw, strides, padding)
   live_rows = [i for i in range(kh) if any(plo_h <= i + sh * p < plo_h + h for p in range(ho))]
   live_cols = [j for j in range(kw) if any(plo_w <= j + sw * q < plo_w + w for q in range(wo))]
   return [(i, j) for i in live_rows for j in live_cols]
@@ -97,8 +103,7 @@ def _taps(x: jax.Array, kh: int, kw: int, strides: Sequence[int], padding: Paddi
   if plo_h or phi_h or plo_w or phi_w:
     x = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)), constant_values=pad_value)
   b, hp, wp, c = x.shape
-  ho = (hp - kh) // sh + 1
-  wo = (wp - kw) // sw + 1
+  ho, wo = _output_size(hp, wp, kh, kw, strides, ((0, 0), (0, 0)))
   if taps is None:
     taps = [(i, j) for i in range(kh) for j in range(kw)]
   views = [lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
@@ -160,7 +165,7 @@ def _dense_conv(x, kernel, strides, padding, taps, precision):
   kh, kw, _, cout = kernel.shape
   (plo_h, phi_h), (plo_w, phi_w) = padding
   sh, sw = strides
-  ho, wo = (h + plo_h + phi_h - kh) // sh + 1, (w + plo_w + phi_w - kw) // sw + 1
+  ho, wo = _output_size(h, w, kh, kw, strides, padding)
   select = np.zeros((h, w, ho, wo, kh, kw), np.float32)
   for p in range(ho):
     for q in range(wo):
