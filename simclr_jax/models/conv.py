@@ -163,7 +163,7 @@ def _dense_conv(x, kernel, strides, padding, taps, precision):
   """
   b, h, w, cin = x.shape
   kh, kw, _, cout = kernel.shape
-  (plo_h, phi_h), (plo_w, phi_w) = padding
+  (plo_h, _), (plo_w, _) = padding
   sh, sw = strides
   ho, wo = _output_size(h, w, kh, kw, strides, padding)
   select = np.zeros((h, w, ho, wo, kh, kw), np.float32)
