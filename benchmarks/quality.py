@@ -58,6 +58,7 @@ from configs import fashion_mnist
 from configs import moco_fashion_mnist
 from simclr_jax import run
 from simclr_jax import train
+from simclr_jax import xla_setup
 from simclr_jax.evaluation import knn as knn_lib
 from simclr_jax.evaluation import linear as linear_lib
 from simclr_jax.evaluation import subsets
@@ -332,6 +333,7 @@ def _table(rows: dict) -> str:
 
 def main(argv):
   del argv
+  xla_setup.apply_xla_flags(_base_config().xla_flags)  # as simclr_jax.main, before JAX starts
   tf.config.set_visible_devices([], 'GPU')
   unknown = set(FLAGS.methods) - set(CONFIGS) or set(FLAGS.rows) - set(ALL_ROWS)
   if unknown:

@@ -21,6 +21,11 @@ for _arg in sys.argv:
                                f' --xla_force_host_platform_device_count={_n}')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The trainer's XLA flags (config.xla_flags), so the benchmark times what `simclr_jax.main` runs;
+# a flag already in XLA_FLAGS wins (compare_cpu.py's `flags=` variants rely on that).
+from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
+xla_setup.apply_xla_flags(base.get_config().xla_flags)
 
 import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
@@ -33,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import base
 from simclr_jax import methods
 from simclr_jax import optim
 from simclr_jax import parallel
@@ -54,7 +58,7 @@ flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
 flags.DEFINE_float('peak_flops', 0.0, 'Accelerator peak FLOP/s for MFU (0: measure a CPU '
                    'matmul ceiling).')
 flags.DEFINE_string('cifar_stem', 'auto', 'auto | true | false.')
-flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'im2col', 'shifted_matmul'],
+flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'im2col', 'shifted_matmul', 'auto'],
                   'How convolutions are lowered (config.model.conv_impl).')
 FLAGS = flags.FLAGS
 

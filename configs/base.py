@@ -21,6 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_devices = -1  # -1: all local devices of every process
   c.init = 'pretrained'  # pretrained | random: the encoder that evaluation protocols use
   c.init_checkpoint = ''  # a workdir (or checkpoint dir) to take the encoder from for eval modes
+  # Added to XLA_FLAGS before JAX starts (simclr_jax/xla_setup.py; the user's own XLA_FLAGS win).
+  # CPU only: convolutions on XLA's Eigen kernels, not YNNPACK (1.7x a CIFAR ResNet-18 step on 2
+  # cores, docs/benchmarks.md). '' leaves XLA's defaults.
+  c.xla_flags = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'fashion_mnist'  # a TFDS name, or 'image_folder'
@@ -105,7 +109,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.negative_mining = 'none'  # nt_logistic, margin_triplet: none | semi_hard
 
   # How the encoder's convolutions are lowered (simclr_jax/models/conv.py): xla (nn.Conv; TPU,
-  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs) | auto (im2col on the
-  # CPU backend, xla elsewhere). docs/benchmarks.md.
-  c.model.conv_impl = 'xla'
+  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs) | auto (xla off the CPU;
+  # on the CPU per layer: native for stride-1 convs that fit the map, im2col for the others).
+  # Same parameters and math in all four. docs/benchmarks.md.
+  c.model.conv_impl = 'auto'
   return c

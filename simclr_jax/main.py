@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from simclr_jax import parallel
 from simclr_jax import run
+from simclr_jax import xla_setup
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a configs/*.py file.', lock_config=True)
@@ -39,6 +40,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  # Before anything starts a JAX backend: XLA reads its flags once.
+  xla_setup.apply_xla_flags(FLAGS.config.xla_flags)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # TF only feeds data: keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')

@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 simulated CPU devices, quiet TensorFlow, TF kept off accelerators."""
+"""Test-wide setup: 8 simulated CPU devices, the trainer's XLA flags, quiet TensorFlow, TF kept off
+accelerators."""
 
 import os
 import sys
@@ -9,4 +10,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# What `python -m simclr_jax.main` runs with, so the tests exercise the shipped numerics.
+xla_setup.apply_xla_flags(base.get_config().xla_flags)
 jax.config.update('jax_num_cpu_devices', 8)

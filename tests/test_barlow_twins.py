@@ -163,10 +163,12 @@ def test_train_steps_eight_devices_equal_one_device():
   for m1, m8 in zip(hist1, hist8):
     np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
     np.testing.assert_allclose(m8['grad_norm'], m1['grad_norm'], rtol=1e-4)
+  # atol as test_moco's: after several steps float32 reassociation (per-device partial sums of
+  # the BN statistics) leaves ~1e-6 on entries whose gradients are sums of cancelling terms.
   for tree in ('params', 'batch_stats'):
     flat1 = jax.tree_util.tree_leaves_with_path(getattr(state1, tree))
     for (path, a), b in zip(flat1, jax.tree.leaves(getattr(state8, tree))):
-      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6,
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5,
                                  err_msg=tree + jax.tree_util.keystr(path))
   assert hist1[-1]['update_norm'] > 0
   assert hist1[-1]['loss'] < hist1[0]['loss']

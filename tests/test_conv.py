@@ -39,7 +39,7 @@ def _ours(kernel_size, stride, pad, cout, impl):
                        impl=impl)
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', IMPLS + ('auto',))
 @pytest.mark.parametrize('shape', SHAPES)
 def test_forward_and_gradient_equal_nn_conv(shape, impl):
   k, s, p, h, w, cin, cout = shape
@@ -115,10 +115,17 @@ def test_max_pool_values_and_gradient_equal_nn_max_pool(shape):
     np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
 
 
-def test_auto_impl_is_the_matmul_lowering_on_cpu():
+def test_auto_impl_picks_per_layer_on_cpu():
   assert jax.default_backend() == 'cpu'
-  assert conv_lib.resolve_impl('auto') == conv_lib.CPU_IMPL == 'im2col'
+  assert conv_lib.resolve_impl('auto') == 'auto'  # decided per layer by cpu_impl
   assert conv_lib.resolve_impl('xla') == 'xla'
+  assert conv_lib.cpu_impl(32, 32, 3, 3, (1, 1)) == 'xla'  # stride 1, the kernel fits
+  assert conv_lib.cpu_impl(3, 3, 3, 3, (1, 1)) == 'xla'
+  assert conv_lib.cpu_impl(2, 2, 3, 3, (1, 1)) == 'im2col'  # map smaller than the kernel
+  assert conv_lib.cpu_impl(1, 1, 3, 3, (1, 1)) == 'im2col'
+  assert conv_lib.cpu_impl(32, 32, 3, 3, (2, 2)) == 'im2col'  # strided
+  assert conv_lib.cpu_impl(28, 28, 7, 7, (2, 2)) == 'im2col'  # the ImageNet stem
+  assert conv_lib.cpu_impl(16, 16, 1, 1, (1, 1)) == 'im2col'  # a 1x1 conv is a plain matmul
 
 
 @pytest.mark.parametrize('impl', IMPLS + ('auto',))
@@ -154,7 +161,7 @@ def test_build_model_reads_conv_impl():
   from configs import base  # pylint: disable=g-import-not-at-top
   from simclr_jax.models import build_model  # pylint: disable=g-import-not-at-top
   c = base.get_config()
-  assert c.model.conv_impl == 'xla'  # Off by default: TPU/GPU want their native convolution.
+  assert c.model.conv_impl == 'auto'  # XLA's own convolution on TPU/GPU, per layer on the CPU.
   c.model.conv_impl = 'im2col'
   assert build_model(c.model, num_classes=10, image_size=32).encoder.conv_impl == 'im2col'
   del c.model['conv_impl']  # A config saved before the field existed still builds.

@@ -13,8 +13,12 @@ A convolution is a sum of matmuls over the kernel taps, so on CPU it can be writ
   accumulations.
 - 'xla': `lax.conv_general_dilated`, what `nn.Conv` does (the default; the right choice on
   TPU/GPU, where the convolution units are the fast path).
-- 'auto': 'im2col' when JAX's default backend is the CPU, else 'xla' (`resolve_impl`), so one
-  config runs fast on a laptop and natively on an accelerator.
+- 'auto': 'xla' off the CPU; on the CPU, per layer (`cpu_impl`): XLA's native convolution for
+  a stride-1 conv whose kernel fits in the map, 'im2col' for strided convs, 1x1 convs and maps
+  smaller than the kernel (where the dead-tap skipping and the dense matrix below win by up to
+  10x). Measured per layer on 2 cores with the trainer's XLA flags (`simclr_jax.xla_setup`:
+  XLA:CPU's convolutions on Eigen, not YNNPACK), docs/benchmarks.md. So one config runs fast on
+  a laptop and natively on an accelerator.
 
 The ImageNet stem's 3x3/2 max-pool follows the same switch (`max_pool`): XLA:CPU turns the
 gradient of `nn.max_pool` (select-and-scatter) into an index-tracking reduce-window plus a
@@ -44,7 +48,6 @@ from jax import lax
 import numpy as np
 
 CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul', 'auto')
-CPU_IMPL = 'im2col'  # what 'auto' picks on the CPU (docs/benchmarks.md, issue 10)
 
 Padding = Sequence[tuple[int, int]]
 
@@ -60,12 +63,20 @@ def _check(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Pad
 
 
 def resolve_impl(impl: str) -> str:
-  """'auto' -> CPU_IMPL on the CPU backend, 'xla' elsewhere; any other name unchanged."""
+  """'auto' -> 'xla' off the CPU (it stays 'auto', decided per layer by `cpu_impl`, on the
+  CPU); any other name unchanged."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}.')
-  if impl == 'auto':
-    return CPU_IMPL if jax.default_backend() == 'cpu' else 'xla'
+  if impl == 'auto' and jax.default_backend() != 'cpu':
+    return 'xla'
   return impl
+
+
+def cpu_impl(h: int, w: int, kh: int, kw: int, strides: Sequence[int]) -> str:
+  """What 'auto' runs on the CPU for one conv layer: 'xla' for a stride-1 conv with a kernel
+  larger than 1x1 that fits in the [h, w] map, 'im2col' otherwise (module docstring)."""
+  native = tuple(strides) == (1, 1) and kh * kw > 1 and h >= kh and w >= kw
+  return 'xla' if native else 'im2col'
 
 
 def _output_size(h: int, w: int, kh: int, kw: int, strides: Sequence[int],
@@ -130,6 +141,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
   impl = resolve_impl(impl)
   _check(x, kernel, strides, padding)
   kh, kw, cin, cout = kernel.shape
+  if impl == 'auto':
+    impl = cpu_impl(x.shape[1], x.shape[2], kh, kw, strides)
   if impl == 'xla':
     return lax.conv_general_dilated(
         x, kernel, tuple(strides), tuple(tuple(p) for p in padding),
@@ -194,7 +207,7 @@ class Conv(nn.Module):
     kernel_init: initialiser of the kernel.
     dtype: compute dtype (input and kernel are cast to it).
     param_dtype: dtype of the stored kernel.
-    impl: 'xla' | 'im2col' | 'shifted_matmul'.
+    impl: one of CONV_IMPLS.
   """
   features: int
   kernel_size: Sequence[int]
@@ -217,8 +230,9 @@ class Conv(nn.Module):
 
 def max_pool(x: jax.Array, window: Sequence[int], *, strides: Sequence[int],
              padding: Padding, impl: str = 'xla') -> jax.Array:
-  """Max-pool over (H, W) of NHWC `x` with -inf padding: `nn.max_pool` for impl 'xla', else the
-  strided-view form with its own gradient (module docstring). Same values and gradients."""
+  """Max-pool over (H, W) of NHWC `x` with -inf padding: `nn.max_pool` for impl 'xla' (and
+  'auto' off the CPU), else the strided-view form with its own gradient (module docstring).
+  Same values and gradients."""
   padding = tuple(tuple(p) for p in padding)
   if resolve_impl(impl) == 'xla':
     return nn.max_pool(x, tuple(window), strides=tuple(strides), padding=padding)
@@ -260,4 +274,4 @@ def _max_pool_views_bwd(window, strides, padding, residuals, g):
 _max_pool_views.defvjp(_max_pool_views_fwd, _max_pool_views_bwd)
 
 
-__all__ = ('Conv', 'conv2d', 'max_pool', 'resolve_impl', 'CONV_IMPLS', 'CPU_IMPL')
+__all__ = ('Conv', 'conv2d', 'cpu_impl', 'max_pool', 'resolve_impl', 'CONV_IMPLS')

@@ -1,0 +1,66 @@
+"""XLA flags the trainer sets before JAX starts a backend (`config.xla_flags`).
+
+XLA reads `XLA_FLAGS` once, when the first backend starts, so these can only be applied at the
+start of a process: `simclr_jax.main`, the benchmarks and the test suite call `apply_xla_flags`
+before their first JAX computation. A flag the user already put in `XLA_FLAGS` wins over the
+config's.
+
+The default (configs/base.py) is `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`:
+XLA:CPU then runs convolutions with its Eigen kernels instead of YNNPACK. Measured on 2 cores
+(docs/benchmarks.md, issue 10): YNNPACK's convolution reaches ~200 GFLOP/s only when its output
+feeds a fused reduction; writing the output, as every ResNet layer does, it drops to ~70 GFLOP/s,
+and its weight gradient to ~40; the SimCLR step of a CIFAR-stem ResNet-18 runs 1.7x faster
+without it. Dots stay on YNNPACK (the matmul lowerings of simclr_jax/models/conv.py use them).
+The flag only concerns the CPU backend; TPU and GPU programs are unchanged.
+"""
+
+import os
+
+from absl import logging
+import jax
+
+
+def _flag_name(flag: str) -> str:
+  return flag.split('=', 1)[0]
+
+
+def merged_xla_flags(current: str, extra: str) -> str:
+  """`current` plus each flag of `extra` whose name `current` does not set already."""
+  present = {_flag_name(f) for f in current.split()}
+  added = [f for f in extra.split() if _flag_name(f) not in present]
+  return ' '.join(current.split() + added)
+
+
+def _backends_started() -> bool:
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):  # a JAX without the probe: assume not started
+    return False
+
+
+def apply_xla_flags(extra: str, environ=None) -> str:
+  """Adds the flags of `extra` (space-separated) to `environ['XLA_FLAGS']`, keeping the user's.
+
+  Args:
+    extra: flags such as config.xla_flags; '' does nothing.
+    environ: the environment to change (default os.environ).
+
+  Returns:
+    The resulting XLA_FLAGS value.
+  """
+  environ = os.environ if environ is None else environ
+  current = environ.get('XLA_FLAGS', '')
+  merged = merged_xla_flags(current, extra)
+  if merged != ' '.join(current.split()):
+    if _backends_started():
+      logging.warning(
+          'XLA flags %r not applied: JAX already started its backends, and XLA reads XLA_FLAGS '
+          'only once. Set XLA_FLAGS before the first JAX computation (or run through '
+          '`python -m simclr_jax.main`) to get them.', extra)
+      return current
+    environ['XLA_FLAGS'] = merged
+  return environ.get('XLA_FLAGS', '')
+
+
+__all__ = ('apply_xla_flags', 'merged_xla_flags')
