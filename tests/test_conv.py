@@ -18,6 +18,7 @@ SHAPES = [
     (1, 1, 0, 6, 6, 5, 7),
     (1, 2, 0, 7, 7, 4, 8),
     (7, 2, 3, 16, 16, 3, 8),
+    (3, 1, 1, 6, 6, 8, 4),  # 'auto' runs XLA's conv here (stride 1, >= 8 channels)
     # Small maps where some taps see only padding (dropped by the lowerings): the last stages
     # of the ImageNet-stem ResNet on 28x28.
     (3, 1, 1, 1, 1, 4, 6),
@@ -119,13 +120,14 @@ def test_auto_impl_picks_per_layer_on_cpu():
   assert jax.default_backend() == 'cpu'
   assert conv_lib.resolve_impl('auto') == 'auto'  # decided per layer by cpu_impl
   assert conv_lib.resolve_impl('xla') == 'xla'
-  assert conv_lib.cpu_impl(32, 32, 3, 3, (1, 1)) == 'xla'  # stride 1, the kernel fits
-  assert conv_lib.cpu_impl(3, 3, 3, 3, (1, 1)) == 'xla'
-  assert conv_lib.cpu_impl(2, 2, 3, 3, (1, 1)) == 'im2col'  # map smaller than the kernel
-  assert conv_lib.cpu_impl(1, 1, 3, 3, (1, 1)) == 'im2col'
-  assert conv_lib.cpu_impl(32, 32, 3, 3, (2, 2)) == 'im2col'  # strided
-  assert conv_lib.cpu_impl(28, 28, 7, 7, (2, 2)) == 'im2col'  # the ImageNet stem
-  assert conv_lib.cpu_impl(16, 16, 1, 1, (1, 1)) == 'im2col'  # a 1x1 conv is a plain matmul
+  assert conv_lib.cpu_impl(32, 32, 3, 3, (1, 1), 64) == 'xla'  # stride 1, the kernel fits
+  assert conv_lib.cpu_impl(3, 3, 3, 3, (1, 1), 8) == 'xla'
+  assert conv_lib.cpu_impl(32, 32, 3, 3, (1, 1), 3) == 'im2col'  # the CIFAR stem on RGB
+  assert conv_lib.cpu_impl(2, 2, 3, 3, (1, 1), 64) == 'im2col'  # map smaller than the kernel
+  assert conv_lib.cpu_impl(1, 1, 3, 3, (1, 1), 64) == 'im2col'
+  assert conv_lib.cpu_impl(32, 32, 3, 3, (2, 2), 64) == 'im2col'  # strided
+  assert conv_lib.cpu_impl(28, 28, 7, 7, (2, 2), 1) == 'im2col'  # the ImageNet stem
+  assert conv_lib.cpu_impl(16, 16, 1, 1, (1, 1), 64) == 'im2col'  # a 1x1 conv is a plain matmul
 
 
 @pytest.mark.parametrize('impl', IMPLS + ('auto',))

@@ -14,8 +14,8 @@ A convolution is a sum of matmuls over the kernel taps, so on CPU it can be writ
 - 'xla': `lax.conv_general_dilated`, what `nn.Conv` does (the default; the right choice on
   TPU/GPU, where the convolution units are the fast path).
 - 'auto': 'xla' off the CPU; on the CPU, per layer (`cpu_impl`): XLA's native convolution for
-  a stride-1 conv whose kernel fits in the map, 'im2col' for strided convs, 1x1 convs and maps
-  smaller than the kernel (where the dead-tap skipping and the dense matrix below win by up to
+  a stride-1 conv whose kernel fits in the map and has at least 8 input channels, 'im2col' for
+  strided convs, 1x1 convs, the 1-3 channel stem and maps smaller than the kernel (where the dead-tap skipping and the dense matrix below win by up to
   10x). Measured per layer on 2 cores with the trainer's XLA flags (`simclr_jax.xla_setup`:
   XLA:CPU's convolutions on Eigen, not YNNPACK), docs/benchmarks.md. So one config runs fast on
   a laptop and natively on an accelerator.
@@ -72,10 +72,18 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def cpu_impl(h: int, w: int, kh: int, kw: int, strides: Sequence[int]) -> str:
+# Fewest input channels for which 'auto' uses XLA's native conv on the CPU: with 1-3 channels (the
+# stem on grayscale / RGB) the native conv's channel-minor inner loop is mostly empty lanes, and
+# im2col (K = kh*kw*Cin) ran 2.3x faster on the CIFAR stem; at 16 channels native won 2.4x.
+MIN_NATIVE_CHANNELS = 8
+
+
+def cpu_impl(h: int, w: int, kh: int, kw: int, strides: Sequence[int], cin: int) -> str:
   """What 'auto' runs on the CPU for one conv layer: 'xla' for a stride-1 conv with a kernel
-  larger than 1x1 that fits in the [h, w] map, 'im2col' otherwise (module docstring)."""
-  native = tuple(strides) == (1, 1) and kh * kw > 1 and h >= kh and w >= kw
+  larger than 1x1 that fits in the [h, w] map and at least MIN_NATIVE_CHANNELS input channels,
+  'im2col' otherwise (module docstring)."""
+  native = (tuple(strides) == (1, 1) and kh * kw > 1 and h >= kh and w >= kw
+            and cin >= MIN_NATIVE_CHANNELS)
   return 'xla' if native else 'im2col'
 
 
@@ -142,7 +150,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
   _check(x, kernel, strides, padding)
   kh, kw, cin, cout = kernel.shape
   if impl == 'auto':
-    impl = cpu_impl(x.shape[1], x.shape[2], kh, kw, strides)
+    impl = cpu_impl(x.shape[1], x.shape[2], kh, kw, strides, cin)
   if impl == 'xla':
     return lax.conv_general_dilated(
         x, kernel, tuple(strides), tuple(tuple(p) for p in padding),
