@@ -110,7 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How the encoder's convolutions are lowered (simclr_jax/models/conv.py): xla (nn.Conv; TPU,
   # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs) | auto (xla off the CPU;
-  # on the CPU per layer: native for stride-1 convs that fit the map, im2col for the others).
+  # on the CPU per layer, conv.cpu_impl: native for stride-1 convs that fit the map and have >= 8
+  # input channels, im2col for the others).
   # Same parameters and math in all four. docs/benchmarks.md.
   c.model.conv_impl = 'auto'
   return c

@@ -9,8 +9,8 @@ Fashion-MNIST is read offline from the Debian package dataset-fashion-mnist
 Measured (README, docs/benchmarks.md, 2026-11-24, 2-core CPU, `bash launch/quickstart.sh`):
 2,340 LARS steps (10 epochs, batch 256) of a ResNet-18 at width 0.5 with the ImageNet stem (h is
 256-d), 11 min 13 s end to end: linear-eval top-1 0.8426 against 0.8406 for logistic regression
-on raw pixels of the same run. 5 epochs (6 min 5 s) gave 0.8400: level with pixels. There is no paper number for
-Fashion-MNIST; the paper's CIFAR-10 setup is configs/cifar10.py.
+on raw pixels of the same run. 5 epochs (6 min 5 s) gave 0.8400: level with pixels. There is no
+paper number for Fashion-MNIST; the paper's CIFAR-10 setup is configs/cifar10.py.
 """
 
 from configs import base
@@ -28,11 +28,9 @@ def get_config():
   # ImageNet stem (stride-2 conv + max-pool: 28 -> 7): 4x faster per image than the CIFAR stem at
   # width 0.25, and better features for the same 15 minutes (docs/benchmarks.md).
   c.model.cifar_stem = False
-  # (base's default, repeated because it matters most here) On the CPU: per layer XLA's conv or
-  # im2col, and a hand-written max-pool gradient; XLA's native conv elsewhere. ~3.5x the views/s
-  # of plain 'xla' with jaxlib's default flags for this model on 2 cores
-  # (simclr_jax/models/conv.py, docs/benchmarks.md). Same parameters and math.
-  c.model.conv_impl = 'auto'
+  # conv_impl stays base's 'auto': on the CPU per layer XLA's conv or im2col and a hand-written
+  # max-pool gradient, ~3.5x the views/s of plain 'xla' with jaxlib's default flags for this
+  # model on 2 cores (simclr_jax/models/conv.py, docs/benchmarks.md).
   c.model.head_out_dim = 64
   c.batch_size = 256
   c.num_epochs = 10

@@ -17,7 +17,6 @@ The flag only concerns the CPU backend; TPU and GPU programs are unchanged.
 import os
 
 from absl import logging
-import jax
 
 
 def _flag_name(flag: str) -> str:

@@ -16,7 +16,8 @@ def test_merge_adds_missing_flags_and_keeps_the_users():
   assert xla_setup.merged_xla_flags(current, '') == current
 
 
-def test_apply_writes_the_given_environment_only_before_jax_starts():
+def test_apply_changes_nothing_once_jax_has_started():
+  """(Before JAX starts: the fresh-process test below.)"""
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   # The test process has started JAX (conftest), so nothing new can take effect: unchanged.
   import jax  # pylint: disable=g-import-not-at-top

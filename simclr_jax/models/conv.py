@@ -15,10 +15,11 @@ A convolution is a sum of matmuls over the kernel taps, so on CPU it can be writ
   TPU/GPU, where the convolution units are the fast path).
 - 'auto': 'xla' off the CPU; on the CPU, per layer (`cpu_impl`): XLA's native convolution for
   a stride-1 conv whose kernel fits in the map and has at least 8 input channels, 'im2col' for
-  strided convs, 1x1 convs, the 1-3 channel stem and maps smaller than the kernel (where the dead-tap skipping and the dense matrix below win by up to
-  10x). Measured per layer on 2 cores with the trainer's XLA flags (`simclr_jax.xla_setup`:
-  XLA:CPU's convolutions on Eigen, not YNNPACK), docs/benchmarks.md. So one config runs fast on
-  a laptop and natively on an accelerator.
+  strided convs, 1x1 convs, the 1-3 channel stem and maps smaller than the kernel (where the
+  dead-tap skipping and the dense matrix below win by up to 10x). Measured per layer on 2 cores
+  with the trainer's XLA flags (`simclr_jax.xla_setup`: XLA:CPU's convolutions on Eigen, not
+  YNNPACK), docs/benchmarks.md. So one config runs fast on a laptop and natively on an
+  accelerator.
 
 The ImageNet stem's 3x3/2 max-pool follows the same switch (`max_pool`): XLA:CPU turns the
 gradient of `nn.max_pool` (select-and-scatter) into an index-tracking reduce-window plus a
