@@ -3,13 +3,13 @@
 Run:
   python -m simclr_jax.main --config=configs/moco_fashion_mnist.py --workdir=/tmp/moco_fmnist
 
-Everything but the method is the SimCLR CPU default's (data, augmentation, ResNet-18 at width
-1/4, MLP head, temperature 0.2, batch 256, 3 epochs, LARS schedule, evaluation), so a side-by-side
-run compares the losses alone. The paper's SGD recipe is in configs/moco_v2_imagenet.py.
-MoCo settings follow the official CIFAR-10 MoCo demo, scaled to a run of ~700 steps: K = 4096
-(= 16 global batches), m = 0.99 (0.999 averages over ~1000 steps, longer than this run, so the
-key encoder would barely leave its initialisation), symmetric loss (both views as queries; costs
-two forward passes per encoder per step).
+Everything but the method and the temperature (MoCo v2's 0.2; the SimCLR default's is 0.1) is
+the SimCLR CPU default's (data, augmentation, encoder, MLP head, batch, epochs, LARS schedule,
+evaluation), so a side-by-side run compares the methods alone. The paper's SGD recipe is in
+configs/moco_v2_imagenet.py. MoCo settings follow the official CIFAR-10 MoCo demo, scaled to a
+CPU run of a few thousand steps: K = 4096 (= 16 global batches), m = 0.99 (0.999 averages over
+~1000 steps, a large part of this run, so the key encoder would lag far behind), symmetric loss
+(both views as queries; costs two forward passes per encoder per step).
 Targets: this project's own measurements (docs/benchmarks.md).
 """
 
@@ -19,7 +19,7 @@ from configs import fashion_mnist
 def get_config():
   c = fashion_mnist.get_config()
   c.method = 'moco'
-  c.loss.temperature = 0.2  # MoCo v2's value (and the SimCLR CPU default's)
+  c.loss.temperature = 0.2  # MoCo v2's value
   c.moco.queue_size = 16 * c.batch_size
   c.moco.momentum = 0.99
   c.moco.symmetric = True
