@@ -212,17 +212,20 @@ def _percent(fraction: float) -> str:
 
 
 def label_fraction_linear_eval(config, workdir, *, encoder=None, data=None) -> dict:
-  """Linear eval with only a class-balanced fraction of the labels (config.eval.label_fractions)."""
+  """Linear eval with only a class-balanced fraction of the labels (config.eval.label_fractions),
+  the mean over config.eval.label_subsets subsets (seeds config.seed, config.seed + 1, ...)."""
   data, encoder = _data_and_encoder(config, workdir, encoder, data)
   train_x, train_y, test_x, test_y, num_classes = data
   train_f, test_f = encoder.features(train_x, config), encoder.features(test_x, config)
   out = {}
+  seeds = range(config.seed, config.seed + config.eval.label_subsets)
   for fraction in config.eval.label_fractions:
-    idx = subsets.label_fraction_indices(train_y, fraction=fraction, seed=config.seed)
-    res = linear_lib.linear_eval(train_f[idx], train_y[idx], test_f, test_y,
-                                 num_classes=num_classes, l2_reg=config.eval.l2_reg,
-                                 max_iters=config.eval.max_iters)
-    out[f'{_prefix(config)}linear_{_percent(fraction)}_top1'] = res['top1']
+    res = linear_lib.label_fraction_eval(train_f, train_y, test_f, test_y, fraction=fraction,
+                                         seeds=seeds, num_classes=num_classes,
+                                         l2_reg=config.eval.l2_reg,
+                                         max_iters=config.eval.max_iters)
+    key = f'{_prefix(config)}linear_{_percent(fraction)}_top1'
+    out.update({key: res['top1'], f'{key}_std': res['top1_std'], f'{key}_runs': res['top1_runs']})
   return metric_writer.write_json(_results_path(workdir), out)
 
 

@@ -8,6 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from simclr_jax.evaluation import linear
+from simclr_jax.evaluation import subsets
 from simclr_jax.models import build_model
 from tests import helpers
 
@@ -73,6 +74,33 @@ def test_pixel_baseline_matches_sklearn_on_fashion_mnist():
   theirs, _, _ = _objective64(train, train_labels, reference.coef_.T, reference.intercept_,
                               l2_reg)
   assert ours <= theirs * (1 + 1e-3)
+
+
+def test_label_fraction_eval_averages_one_fit_per_subset_on_fashion_mnist():
+  train_images, train_labels = helpers.fashion_mnist('train', 2000)
+  test_images, test_labels = helpers.fashion_mnist('test', 500)
+  train_f = train_images.reshape(2000, -1).astype(np.float32) / 255
+  test_f = test_images.reshape(500, -1).astype(np.float32) / 255
+  kw = dict(num_classes=10, l2_reg=1e-2, max_iters=100)
+  res = linear.label_fraction_eval(train_f, train_labels, test_f, test_labels, fraction=0.05,
+                                   seeds=[3, 4, 5], **kw)
+  # Independent recomputation: one subset per seed, fitted on its own.
+  runs = []
+  for seed in (3, 4, 5):
+    idx = subsets.label_fraction_indices(train_labels, fraction=0.05, seed=seed)
+    runs.append(linear.linear_eval(train_f[idx], train_labels[idx], test_f, test_labels,
+                                   **kw)['top1'])
+  assert res['top1_runs'] == runs and res['seeds'] == [3, 4, 5]
+  assert len(set(runs)) > 1  # different subsets, different classifiers
+  np.testing.assert_allclose(res['top1'], np.mean(runs))
+  np.testing.assert_allclose(res['top1_std'], np.std(runs))
+  assert res['num_labels'] == 100 and res['top5'] >= res['top1']
+  full = linear.label_fraction_eval(train_f, train_labels, test_f, test_labels, fraction=1.0,
+                                    seeds=[0, 1, 2], **kw)
+  assert full['seeds'] == [0] and full['num_labels'] == 2000 and full['top1_std'] == 0
+  with pytest.raises(ValueError, match='label_subsets'):
+    linear.label_fraction_eval(train_f, train_labels, test_f, test_labels, fraction=0.05,
+                               seeds=[], **kw)
 
 
 @pytest.fixture(scope='module')

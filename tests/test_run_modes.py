@@ -20,6 +20,7 @@ def pretrained(tmp_path_factory):
   config.eval.finetune_steps = 3
   config.eval.finetune_batch_size = 16
   config.eval.label_fractions = (0.1, 1.0)
+  config.eval.label_subsets = 2
   config.eval.finetune_fraction = 0.1
   run.train_and_evaluate(config, workdir, mode='pretrain')
   return config, workdir
@@ -43,6 +44,11 @@ def test_eval_all_writes_every_protocol(pretrained):
               'embed_plot'):
     assert key in results, key
   assert os.path.getsize(results['embed_plot']) > 1000
+  # The few-label probe is the mean over config.eval.label_subsets subsets, each recorded.
+  assert len(results['linear_10pct_top1_runs']) == config.eval.label_subsets
+  np.testing.assert_allclose(results['linear_10pct_top1'],
+                             np.mean(results['linear_10pct_top1_runs']))
+  assert len(results['linear_100pct_top1_runs']) == 1
 
 
 def test_random_init_results_live_beside_pretrained(pretrained):
