@@ -76,6 +76,37 @@ def test_color_jitter_rate_and_ranges(rgb_image):
   assert len({tuple(o) for o in params['order']}) == 24  # every order occurs
 
 
+def _brightness_contrast64(image, params):
+  """Float64 NumPy reference of the grey / no-chroma jitter: brightness and contrast in the order
+  `params['order']` puts them, each clipped to [0, 1]."""
+  x = image.astype(np.float64)
+  if not params['apply']:
+    return x
+  for op in params['order']:
+    if op == 0:
+      x = np.clip(x * params['brightness'], 0, 1)
+    elif op == 1:
+      mean = x.mean(axis=(0, 1), keepdims=True)
+      x = np.clip((x - mean) * params['contrast'] + mean, 0, 1)
+  return x
+
+
+@pytest.mark.parametrize('image_name, chroma', [('grey_image', True), ('rgb_image', False)])
+def test_brightness_contrast_jitter_matches_float64_reference(image_name, chroma, request):
+  image = request.getfixturevalue(image_name)
+  strength = 1.0
+  out = _many(lambda s: augment.color_jitter(image, s, strength, saturation_and_hue=chroma),
+              num=200)
+  params = _many(lambda s: augment.color_jitter_params(s, strength), num=200)
+  brightness_first = 0
+  for i in range(200):
+    p = {k: v[i] for k, v in params.items()}
+    np.testing.assert_allclose(out[i], _brightness_contrast64(image, p), atol=2e-6)
+    brightness_first += p['apply'] and list(p['order']).index(0) < list(p['order']).index(1)
+  # Both orders occur (they give different images: the clip after brightness is not linear).
+  assert 40 < brightness_first < 120
+
+
 def test_crop_window_area_and_aspect():
   height, width = 224, 224
   windows = _many(lambda s: augment.crop_window((height, width), s))
