@@ -5,7 +5,9 @@
 
 Run by benchmarks/quality.py, which writes DATA.npz (`pretrain_images` uint8 [N, 28, 28, 1],
 `train_images` / `test_images` float32 [M, 28, 28, 1] in [0, 1]) and evaluates the features this
-script writes (`train_h`, `test_h`) with simclr_jax's own linear / kNN code.
+script writes (`train_h`, `test_h`) with simclr_jax's own linear / kNN code; with
+--weights_out it also saves the encoder's weights, which quality.py loads into the JAX encoder to
+fine-tune them with simclr_jax's own fine-tuning code.
 
 What comes from lightly: `lightly.loss.NTXentLoss` and `lightly.models.modules.
 SimCLRProjectionHead`. What mirrors the JAX config (quality.py passes its fields as flags; the
@@ -193,6 +195,9 @@ def main():
                       help='only check that lightly imports (JSON line; exit 0 or 3).')
   parser.add_argument('--data', help='npz written by benchmarks/quality.py.')
   parser.add_argument('--out', help='npz to write train_h, test_h to.')
+  parser.add_argument('--weights_out', default='',
+                      help='npz to write the pretrained encoder state_dict to (torch names, '
+                      'numpy arrays), for fine-tuning it with simclr_jax (quality.py).')
   parser.add_argument('--minutes', type=float, default=15.0, help='pretraining budget.')
   parser.add_argument('--probe_steps', type=int, default=20)
   parser.add_argument('--batch_size', type=int, default=256)
@@ -232,6 +237,9 @@ def main():
   minutes = (time.time() - t0) / 60
   np.savez(args.out, train_h=features(model, data['train_images']),
            test_h=features(model, data['test_images']))
+  if args.weights_out:
+    np.savez(args.weights_out, **{k: v.detach().numpy()
+                                  for k, v in model.encoder.state_dict().items()})
   print(json.dumps(dict(
       steps=steps, probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
       images_per_s=(len(times) - 1) / (times[-1] - times[0]) * args.batch_size,

@@ -16,8 +16,9 @@ Rows (flag --rows; SSL methods with --methods):
   lightly                     lightly's NTXentLoss + SimCLRProjectionHead on a PyTorch mirror of
                               the encoder (benchmarks/lightly_simclr.py, run as a subprocess),
                               same budget and augmentation; its frozen features go through the
-                              same linear / kNN code here. Reported as blocked when lightly does
-                              not import.
+                              same linear / kNN code here, and its encoder weights, loaded into
+                              the JAX ResNet (checked: same h to ~1e-6), through the same
+                              fine-tuning code. Reported as blocked when lightly does not import.
 
 The budget is turned into a step count, not a time limit inside the trainer: a 20-step probe
 measures steps/s (compilation excluded), then the run gets `num_train_steps = budget * steps/s`.
@@ -53,6 +54,7 @@ import types
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -208,6 +210,14 @@ def _evaluate_encoder(config, encoder: run.Encoder, data, workdir: str) -> dict:
   t0 = time.time()
   train_f, test_f = encoder.features(data[0], config), encoder.features(data[2], config)
   out = _frozen_feature_metrics(config, train_f, test_f, data)
+  out.update(_finetune_metrics(config, encoder, data, workdir))
+  out['eval_minutes'] = (time.time() - t0) / 60
+  return out
+
+
+def _finetune_metrics(config, encoder: run.Encoder, data, workdir: str) -> dict:
+  """Fine-tune 1%: the mean of --finetune_seeds runs of `run.finetune` (config.seed = 0, 1, ...)."""
+  out = {}
   runs = []
   for seed in range(FLAGS.finetune_seeds):
     seeded = config.copy_and_resolve_references()
@@ -217,7 +227,6 @@ def _evaluate_encoder(config, encoder: run.Encoder, data, workdir: str) -> dict:
   out['finetune_1pct_top1'] = float(np.mean(runs))
   out['finetune_1pct_top1_runs'] = runs
   out['finetune_learning_rate'] = config.eval.finetune_learning_rate
-  out['eval_minutes'] = (time.time() - t0) / 60
   return out
 
 
@@ -240,6 +249,7 @@ def _lightly_row(data) -> dict:
   pretrain_images = sources.load(_base_config().dataset, 'train').images
   np.savez(data_path, pretrain_images=pretrain_images, train_images=train_x, test_images=test_x)
   feats_path = os.path.join(workdir, 'features.npz')
+  weights_path = os.path.join(workdir, 'encoder_weights.npz')
   config = _base_config()
   cifar_stem = config.model.cifar_stem
   if cifar_stem is None:  # the encoder's own rule (simclr_jax.models.resnet)
@@ -251,6 +261,7 @@ def _lightly_row(data) -> dict:
     raise ValueError(f'benchmarks/lightly_simclr.py mirrors {mirrored} only; the config has '
                      f'{actual}: extend the mirror or drop the lightly row (--rows)')
   cmd = [FLAGS.torch_python, script, f'--data={data_path}', f'--out={feats_path}',
+         f'--weights_out={weights_path}',
          f'--minutes={FLAGS.pretrain_minutes}', f'--probe_steps={FLAGS.probe_steps}',
          f'--batch_size={config.batch_size}', f'--temperature={config.loss.temperature}',
          f'--seed={config.seed}', f'--width_multiplier={config.model.width_multiplier}',
@@ -272,7 +283,71 @@ def _lightly_row(data) -> dict:
   out.update({k: info[k] for k in ('steps', 'probe_steps_per_s', 'pretrain_minutes',
                                    'images_per_s', 'train_loss', 'lightly_version',
                                    'torch_version') if k in info})
+  # Fine-tune 1%: lightly's pretrained encoder in our JAX ResNet, then the same fine-tuning code
+  # and seeds as every other row. The frozen columns above come from PyTorch's own features.
+  encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=train_x.shape[1:],
+                        state=_state_from_torch(config, dict(np.load(weights_path)),
+                                                data[4], train_x.shape[1:], info.get('steps', 0)))
+  jax_test_h = encoder.features(test_x, config)
+  out['jax_vs_torch_h_max_abs_diff'] = float(np.abs(jax_test_h - feats['test_h']).max())
+  # Same weights, same function: h must agree up to float32 summation order. A larger gap means
+  # the mirror and the JAX model differ, and fine-tuning would measure something else.
+  scale = float(np.abs(feats['test_h']).max())
+  if out['jax_vs_torch_h_max_abs_diff'] > 1e-3 * scale:
+    raise ValueError(f'lightly encoder loaded into JAX gives h {out["jax_vs_torch_h_max_abs_diff"]}'
+                     f' away from PyTorch (scale {scale}): torch_train_step.ResNet18 and '
+                     'simclr_jax.models.resnet no longer mirror each other')
+  out.update(_finetune_metrics(config, encoder, data, workdir))
   return out
+
+
+def _state_from_torch(config, torch_weights: dict, num_classes: int, image_shape, step: int):
+  """Params and BN statistics of torch_train_step.ResNet18 (a state_dict as numpy arrays) in
+  the JAX encoder's variable tree; head and probe keep their initial values (fine-tuning from h
+  does not read them). Every torch tensor must be used and every JAX encoder leaf set."""
+  config = config.copy_and_resolve_references()
+  config.init = 'random'
+  variables = run.Encoder(config, '', num_classes=num_classes, image_shape=image_shape).variables
+  params = jax.tree_util.tree_map(np.asarray, variables['params'])
+  stats = jax.tree_util.tree_map(np.asarray, variables['batch_stats'])
+  used = set()
+
+  def take(name):
+    used.add(name)
+    return torch_weights[name]
+
+  def conv(torch_name, ours):
+    ours['kernel'] = _checked(take(torch_name + '.weight').transpose(2, 3, 1, 0), ours['kernel'],
+                              torch_name)
+
+  def bn(torch_name, ours_params, ours_stats):
+    for ours, key, theirs in ((ours_params, 'scale', 'weight'), (ours_params, 'bias', 'bias'),
+                              (ours_stats, 'mean', 'running_mean'),
+                              (ours_stats, 'var', 'running_var')):
+      ours[key] = _checked(take(f'{torch_name}.{theirs}'), ours[key], torch_name)
+    used.add(torch_name + '.num_batches_tracked')
+
+  enc_p, enc_s = params['encoder'], stats['encoder']
+  conv('stem_conv', enc_p['stem_conv'])
+  bn('stem_bn', enc_p['stem_bn'], enc_s['stem_bn'])
+  for k in range(8):  # torch blocks 0..7 = stage k // 2 + 1, block k % 2 + 1
+    name, t = f'stage{k // 2 + 1}_block{k % 2 + 1}', f'blocks.{k}'
+    for i in (1, 2):
+      conv(f'{t}.conv{i}', enc_p[name][f'conv{i}'])
+      bn(f'{t}.bn{i}', enc_p[name][f'bn{i}'], enc_s[name][f'bn{i}'])
+    if 'proj_conv' in enc_p[name]:
+      conv(f'{t}.proj.0', enc_p[name]['proj_conv'])
+      bn(f'{t}.proj.1', enc_p[name]['proj_bn'], enc_s[name]['proj_bn'])
+  unused = set(torch_weights) - used
+  if unused:
+    raise ValueError(f'torch weights not mapped into the JAX encoder: {sorted(unused)}')
+  return types.SimpleNamespace(params=params, batch_stats=stats, step=step)
+
+
+def _checked(value: np.ndarray, template: np.ndarray, name: str) -> np.ndarray:
+  if value.shape != template.shape:
+    raise ValueError(f'{name}: torch {value.shape} vs JAX {template.shape}')
+  return value.astype(template.dtype)
 
 
 def _pixel_row(data) -> dict:
