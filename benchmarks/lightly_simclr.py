@@ -189,6 +189,11 @@ def features(model: SimCLR, images: np.ndarray, batch_size: int = 1000) -> np.nd
   return np.concatenate(out)
 
 
+def _rate(times: list[float]) -> float:
+  """Steps per second between the first and the last of these step-end times."""
+  return (len(times) - 1) / (times[-1] - times[0])
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--check_import', action='store_true',
@@ -199,7 +204,8 @@ def main():
                       help='npz to write the pretrained encoder state_dict to (torch names, '
                       'numpy arrays), for fine-tuning it with simclr_jax (quality.py).')
   parser.add_argument('--minutes', type=float, default=15.0, help='pretraining budget.')
-  parser.add_argument('--probe_steps', type=int, default=20)
+  parser.add_argument('--probe_steps', type=int, default=60,
+                      help='speed-probe steps; the rate is taken over the second half.')
   parser.add_argument('--batch_size', type=int, default=256)
   parser.add_argument('--temperature', type=float, default=0.2)
   parser.add_argument('--seed', type=int, default=0)
@@ -228,7 +234,7 @@ def main():
   times = []
   train(pretrain_images, steps=args.probe_steps,
         on_step=lambda: times.append(time.perf_counter()), **kwargs)
-  probe_rate = (len(times) - 1) / (times[-1] - times[0])
+  probe_rate = _rate(times[len(times) // 2:])  # second half: past torch's warm-up steps
   steps = max(args.probe_steps, int(args.minutes * 60 * probe_rate))
   times = []
   t0 = time.time()
@@ -242,7 +248,7 @@ def main():
                                   for k, v in model.encoder.state_dict().items()})
   print(json.dumps(dict(
       steps=steps, probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
-      images_per_s=(len(times) - 1) / (times[-1] - times[0]) * args.batch_size,
+      images_per_s=_rate(times) * args.batch_size,
       train_loss=loss, lightly_version=lightly_parts[2], torch_version=torch.__version__,
       threads=torch.get_num_threads())))
 
