@@ -17,11 +17,12 @@ Rows (flag --rows; SSL methods with --methods):
                               the encoder (benchmarks/lightly_simclr.py, run as a subprocess),
                               same budget and augmentation; its frozen features go through the
                               same linear / kNN code here, and its encoder weights, loaded into
-                              the JAX ResNet (checked: same h to ~1e-6), through the same
+                              the JAX ResNet (checked: same h to ~1e-5), through the same
                               fine-tuning code. Reported as blocked when lightly does not import.
 
 The budget is turned into a step count, not a time limit inside the trainer: a 60-step probe
-measures steps/s over its second half (compilation and input-buffer warm-up excluded), then the run gets `num_train_steps = budget * steps/s`.
+measures steps/s over its second half (compilation and input-buffer warm-up excluded), then the
+run gets `num_train_steps = budget * steps/s`.
 The learning-rate schedule (warmup + cosine) then ends where the run ends, and the run is
 reproducible from its recorded step count; the wall time actually spent is reported beside it
 (on a shared machine it drifts from the budget with the load).
@@ -311,23 +312,29 @@ def _state_from_torch(config, torch_weights: dict, num_classes: int, image_shape
   config = config.copy_and_resolve_references()
   config.init = 'random'
   variables = run.Encoder(config, '', num_classes=num_classes, image_shape=image_shape).variables
-  params = jax.tree_util.tree_map(np.asarray, variables['params'])
-  stats = jax.tree_util.tree_map(np.asarray, variables['batch_stats'])
-  used = set()
+  params = jax.tree.map(np.asarray, variables['params'])
+  stats = jax.tree.map(np.asarray, variables['batch_stats'])
+  used, num_set = set(), [0]
 
   def take(name):
     used.add(name)
     return torch_weights[name]
 
+  def checked(value, template, name):
+    if value.shape != template.shape:
+      raise ValueError(f'{name}: torch {value.shape} vs JAX {template.shape}')
+    num_set[0] += 1
+    return value.astype(template.dtype)
+
   def conv(torch_name, ours):
-    ours['kernel'] = _checked(take(torch_name + '.weight').transpose(2, 3, 1, 0), ours['kernel'],
-                              torch_name)
+    ours['kernel'] = checked(take(torch_name + '.weight').transpose(2, 3, 1, 0), ours['kernel'],
+                             torch_name)
 
   def bn(torch_name, ours_params, ours_stats):
     for ours, key, theirs in ((ours_params, 'scale', 'weight'), (ours_params, 'bias', 'bias'),
                               (ours_stats, 'mean', 'running_mean'),
                               (ours_stats, 'var', 'running_var')):
-      ours[key] = _checked(take(f'{torch_name}.{theirs}'), ours[key], torch_name)
+      ours[key] = checked(take(f'{torch_name}.{theirs}'), ours[key], torch_name)
     used.add(torch_name + '.num_batches_tracked')
 
   enc_p, enc_s = params['encoder'], stats['encoder']
@@ -344,13 +351,10 @@ def _state_from_torch(config, torch_weights: dict, num_classes: int, image_shape
   unused = set(torch_weights) - used
   if unused:
     raise ValueError(f'torch weights not mapped into the JAX encoder: {sorted(unused)}')
+  num_leaves = len(jax.tree.leaves(enc_p)) + len(jax.tree.leaves(enc_s))
+  if num_set[0] != num_leaves:
+    raise ValueError(f'{num_set[0]} of the JAX encoder\'s {num_leaves} leaves set from torch')
   return types.SimpleNamespace(params=params, batch_stats=stats, step=step)
-
-
-def _checked(value: np.ndarray, template: np.ndarray, name: str) -> np.ndarray:
-  if value.shape != template.shape:
-    raise ValueError(f'{name}: torch {value.shape} vs JAX {template.shape}')
-  return value.astype(template.dtype)
 
 
 def _pixel_row(data) -> dict:
