@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.crop_area_max = 1.0
   c.augment.ops = ()  # optional ordered op names (studies); empty = the preset's composition
   c.augment.ops_view2 = ()  # ops for the second view only; empty = same as ops
+  # True: tf.data only gathers uint8 images and the train step draws both views (the same
+  # distributions, far less host CPU; in-memory sources and crop / flip / brightness-contrast /
+  # grayscale only: simclr_jax/data/device_augment.py, docs/data.md).
+  c.augment.on_device = False
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = 50

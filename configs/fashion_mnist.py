@@ -23,6 +23,9 @@ def get_config():
   c.augment.preset = 'fashion_mnist'
   c.augment.color_strength = 0.5
   c.augment.crop_area_min = 0.2
+  # The views are drawn inside the train step (simclr_jax/data/device_augment.py): tf.data's
+  # per-image ops took 8-13 % of the loop's throughput on 2 cores (docs/benchmarks.md, session 6).
+  c.augment.on_device = True
   c.model.depth = 18
   c.model.width_multiplier = 0.5
   # ImageNet stem (stride-2 conv + max-pool: 28 -> 7): 4x faster per image than the CIFAR stem at

@@ -153,7 +153,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
       s.source, config.augment, image_size=config.dataset.image_size,
       global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
       end_step=s.total_steps, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), device_augment=config.augment.on_device)
   device_state = s.mapper.put_state(state)
   last_saved = restored_step
   last_metrics = {}

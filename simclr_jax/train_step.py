@@ -14,7 +14,11 @@ import numpy as np
 import optax
 from jax import lax
 
+from simclr_jax.data import device_augment
+
 PyTree = Any
+# fold_in data of the device augmentation's key; step_key folds in core indices, never this.
+_AUGMENT_STREAM = 2 ** 32 - 1
 
 
 @flax.struct.dataclass
@@ -59,6 +63,19 @@ def step_key(rng: jax.Array, step: jax.Array, axis_name: Optional[str]) -> jax.A
   return key
 
 
+def batch_views(batch, rng: jax.Array, step: jax.Array, config) -> jax.Array:
+  """The views of a batch: the pipeline's 'views', or drawn from its 'image' (on_device).
+
+  The augmentation key depends on (run key, step) only, not on the core, so each image's views
+  follow its global position ('position') and any number of devices draws the same views.
+  """
+  if 'views' in batch:
+    return batch['views']
+  key = jax.random.fold_in(step_key(rng, step, None), _AUGMENT_STREAM)
+  return device_augment.views(batch['image'], batch['position'], key, config.augment,
+                              config.dataset.image_size)
+
+
 def _probe_loss(logits: jax.Array, labels: jax.Array):
   """Cross-entropy of the online probe; labels < 0 (unlabelled images) are ignored."""
   valid = (labels >= 0).astype(jnp.float32)
@@ -74,7 +91,9 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, model, method, tx, s
 
   Args:
     state: replicated TrainState.
-    batch: {'views': [n, 2, H, W, C] float32, 'label': [n] int32} this core's images.
+    batch: {'views': [n, 2, H, W, C] float32, 'label': [n] int32} this core's images; or, from
+      a pipeline with device_augment, {'image': uint8, 'label', 'position': int32 [n]}: the
+      views are then drawn here (`device_augment.views`).
     rng: raw PRNG key data, uint32 [2] (the run's key; folded with the step here).
     model, method, tx, schedule, config: static, bound with functools.partial.
     axis_name: the mapped axis, or None when not mapped.
@@ -84,9 +103,10 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, model, method, tx, s
   """
   key = step_key(rng, state.step, axis_name)
   labels = batch['label']
+  views = batch_views(batch, rng, state.step, config)
 
   def loss_fn(params):
-    loss, aux = method.loss(model, params, state.batch_stats, state.extra, batch['views'], key,
+    loss, aux = method.loss(model, params, state.batch_stats, state.extra, views, key,
                             config=config, axis_name=axis_name)
     # Both views' h feed the probe; stop_gradient inside the model keeps it off the encoder.
     probe_loss, probe_accuracy = _probe_loss(aux.outputs['probe_logits'],

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from simclr_jax.evaluation import features
 from simclr_jax.evaluation import supervised
@@ -10,8 +11,10 @@ from simclr_jax import train_step as train_step_lib
 from tests import helpers
 
 
-def test_trains_the_encoder_only_and_gives_contrastive_model_variables():
-  config = helpers.tiny_config(**{'dataset.max_train_examples': 256})
+@pytest.mark.parametrize('on_device', [False, True])  # views from tf.data / drawn in the step
+def test_trains_the_encoder_only_and_gives_contrastive_model_variables(on_device):
+  config = helpers.tiny_config(**{'dataset.max_train_examples': 256,
+                                  'augment.on_device': on_device})
   steps = []
   out = supervised.train_supervised(config, num_steps=3, on_step=steps.append)
   assert steps == [1, 2, 3] and out['step'] == 3

@@ -15,7 +15,7 @@ from tests import helpers
 from tests import reference
 
 
-def _run(num_devices, mapping, steps=3, config=None):
+def _run(num_devices, mapping, steps=3, config=None, device_augment=False):
   config = config or helpers.tiny_config()
   images, labels = helpers.fashion_mnist('train', 64)
   mapper = parallel.Mapper(mapping, num_devices)
@@ -34,6 +34,9 @@ def _run(num_devices, mapping, steps=3, config=None):
     lo = step * config.batch_size
     batch = {'views': helpers.simple_views(images[lo:lo + config.batch_size]),
              'label': labels[lo:lo + config.batch_size]}
+    if device_augment:  # What the pipeline sends with config.augment.on_device.
+      batch = {'image': np.round(images[lo:lo + config.batch_size] * 255).astype(np.uint8),
+               'label': batch['label'], 'position': np.arange(config.batch_size, dtype=np.int32)}
     device_state, metrics = step_fn(device_state, mapper.put_batch(batch), rng)
     history.append(jax.device_get(metrics))
   return mapper.get_state(device_state), history
@@ -71,6 +74,18 @@ def test_pmap_equals_shard_map(one_device):
   for m1, mp in zip(hist1, hist_p):
     np.testing.assert_allclose(mp['loss'], m1['loss'], rtol=1e-5)
   _assert_states_close(state_p, state1, rtol=1e-4)
+
+
+def test_device_augmentation_eight_devices_equal_one_device(one_device):
+  """The views drawn in the step follow each image's global position, not its core."""
+  config = helpers.tiny_config(**{'augment.on_device': True})
+  state1, hist1 = _run(1, 'shard_map', config=config, device_augment=True)
+  state8, hist8 = _run(8, 'shard_map', config=config, device_augment=True)
+  for m1, m8 in zip(hist1, hist8):
+    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  _assert_states_close(state8, state1, rtol=1e-4)
+  # Views drawn in the step, not the fixed ones: the loss differs from the fixed-views run.
+  assert abs(float(one_device[1][0]['loss']) - float(hist1[0]['loss'])) > 1e-3
 
 
 def test_cross_replica_bn_statistics_are_global_batch_statistics():

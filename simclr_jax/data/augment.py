@@ -33,6 +33,10 @@ PAPER_COLOR_STRENGTH = {'imagenet': 1.0, 'cifar': 0.5, 'fashion_mnist': 0.5, 'no
 ASPECT_RANGE = (3. / 4., 4. / 3.)
 CROP_MAX_TRIES = 10
 BLUR_SIGMA_RANGE = (0.1, 2.0)
+FLIP_P = 0.5
+GRAYSCALE_P = 0.2
+COLOR_JITTER_P = 0.8
+JITTER_PER_STRENGTH = 0.8  # brightness / contrast / saturation factors in 1 +- 0.8 s
 
 
 def as_seed(seed) -> tf.Tensor:
@@ -162,7 +166,7 @@ def random_resized_crop(image: tf.Tensor, seed, size: int,
 # ----------------------------------------------------------------------------------------------
 # Flip, grayscale.
 
-def random_flip(image: tf.Tensor, seed, p: float = 0.5) -> tf.Tensor:
+def random_flip(image: tf.Tensor, seed, p: float = FLIP_P) -> tf.Tensor:
   """Left-right flip with probability p. image: [H, W, C] -> [H, W, C]."""
   return _apply_with_prob(seed, p, lambda: tf.reverse(image, axis=[1]), image)
 
@@ -175,7 +179,7 @@ def to_grayscale(image: tf.Tensor) -> tf.Tensor:
   return tf.tile(grey, [1, 1, image.shape[-1]])
 
 
-def random_grayscale(image: tf.Tensor, seed, p: float = 0.2) -> tf.Tensor:
+def random_grayscale(image: tf.Tensor, seed, p: float = GRAYSCALE_P) -> tf.Tensor:
   """Converts to grey (keeping C channels) with probability p; identity on grey images."""
   if image.shape[-1] == 1:
     return image
@@ -185,7 +189,8 @@ def random_grayscale(image: tf.Tensor, seed, p: float = 0.2) -> tf.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Colour jitter.
 
-def color_jitter_params(seed, strength: float, p: float = 0.8) -> dict[str, tf.Tensor]:
+def color_jitter_params(seed, strength: float,
+                        p: float = COLOR_JITTER_P) -> dict[str, tf.Tensor]:
   """The random choices of `color_jitter`.
 
   Args:
@@ -198,7 +203,7 @@ def color_jitter_params(seed, strength: float, p: float = 0.8) -> dict[str, tf.T
     dict with 'apply' (bool), 'brightness', 'contrast', 'saturation', 'hue' (float32 scalars)
     and 'order' (int32 [4], a permutation of 0=brightness, 1=contrast, 2=saturation, 3=hue).
   """
-  bcs = 0.8 * strength
+  bcs = JITTER_PER_STRENGTH * strength
   hue = 0.2 * strength
   factors = _uniform(fold_in(seed, 1), (3,), -1., 1.) * bcs + 1.
   order = tf.cast(tf.argsort(_uniform(fold_in(seed, 3), (4,))), tf.int32)
@@ -212,7 +217,7 @@ def color_jitter_params(seed, strength: float, p: float = 0.8) -> dict[str, tf.T
   }
 
 
-def color_jitter(image: tf.Tensor, seed, strength: float, p: float = 0.8,
+def color_jitter(image: tf.Tensor, seed, strength: float, p: float = COLOR_JITTER_P,
                  saturation_and_hue: bool = True) -> tf.Tensor:
   """SimCLR colour distortion: brightness, contrast, saturation, hue in random order, with prob p.
 
@@ -374,13 +379,14 @@ def gaussian_noise(image: tf.Tensor, seed, max_std: float = 0.1, p: float = 1.0)
 # ----------------------------------------------------------------------------------------------
 # Composition.
 
-def _area_range(cfg) -> tuple[float, float]:
+def crop_area_range(cfg) -> tuple[float, float]:
+  """(min, max) crop area fraction from `config.augment`."""
   return (float(cfg.get('crop_area_min', 0.08)), float(cfg.get('crop_area_max', 1.0)))
 
 
 # name -> fn(image, seed, augment_config, image_size); 'crop' is the only op that sets the size.
 OPS: dict[str, Callable[..., tf.Tensor]] = {
-    'crop': lambda x, s, c, n: random_resized_crop(x, s, n, _area_range(c)),
+    'crop': lambda x, s, c, n: random_resized_crop(x, s, n, crop_area_range(c)),
     'flip': lambda x, s, c, n: random_flip(x, s),
     'color_jitter': lambda x, s, c, n: color_jitter(x, s, float(c.get('color_strength', 0.5))),
     'brightness_contrast': lambda x, s, c, n: color_jitter(

@@ -12,6 +12,10 @@ Determinism (in-memory sources): the batch of step s is a pure function of (seed
   So `pretrain_batches(..., start_step=s)` yields exactly the batches an uninterrupted iterator
   yields from step s on.
 
+With device_augment (`config.augment.on_device`), in-memory sources only: the same images in the
+same order, gathered a batch at a time, each with its position p * B_host + j; the train step
+draws the views from (seed, s, position) (`simclr_jax.data.device_augment`).
+
 Streaming sources (ImageNet) follow the same seeds but read records in a seeded shuffle-buffer
 order per epoch; resuming skips the already-seen records of the current epoch without decoding.
 """
@@ -25,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_jax.data import augment
+from simclr_jax.data import device_augment as device_augment_lib
 from simclr_jax.data import sources
 
 # Salts that keep the permutation and augmentation streams of one seed independent.
@@ -48,7 +53,8 @@ def host_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 class Batches:
-  """Iterator of host batches {'views': f32 [B_host, 2, H, W, C], 'label': int32 [B_host]}.
+  """Iterator of host batches {'views': f32 [B_host, 2, H, W, C], 'label': int32 [B_host]}
+  (with device_augment: {'image': uint8, 'label', 'position'}).
 
   Attributes:
     num_examples: examples in the split (all hosts).
@@ -84,7 +90,8 @@ def _example_seed(seed: int, step, position) -> tf.Tensor:
 
 def _in_memory_dataset(source: sources.Source, augment_config, *, image_size: int,
                        host_batch: int, seed: int, start_step: int, end_step: Optional[int],
-                       process_index: int, process_count: int) -> tf.data.Dataset:
+                       process_index: int, process_count: int,
+                       device_augment: bool = False) -> tf.data.Dataset:
   n_host = source.num_examples // process_count
   shard = np.arange(process_index, n_host * process_count, process_count)
   images = tf.constant(source.images[shard])  # uint8 [N_host, H, W, C]
@@ -107,8 +114,15 @@ def _in_memory_dataset(source: sources.Source, augment_config, *, image_size: in
                               augment_config, image_size)
     return {'views': views, 'label': tf.gather(labels, x['index'])}
 
+  def images_only(step):  # a whole batch per call: the train step augments
+    x = step_indices(step)
+    return {'image': tf.gather(images, x['index']), 'label': tf.gather(labels, x['index']),
+            'position': tf.cast(x['position'], tf.int32)}
+
   steps = (tf.data.Dataset.counter(start_step) if end_step is None else
            tf.data.Dataset.range(start_step, end_step))
+  if device_augment:
+    return steps.map(images_only, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = steps.map(step_indices).unbatch()
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(host_batch, drop_remainder=True)
@@ -151,7 +165,7 @@ def _streaming_dataset(source: sources.Source, augment_config, *, image_size: in
 
 def pretrain_batches(dataset_config, augment_config, *, global_batch_size: int, seed: int,
                      start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                     end_step: Optional[int] = None) -> Batches:
+                     end_step: Optional[int] = None, device_augment: bool = False) -> Batches:
   """Endless (or up to end_step) iterator of this host's two-view pretraining batches.
 
   Args:
@@ -163,14 +177,18 @@ def pretrain_batches(dataset_config, augment_config, *, global_batch_size: int, 
     process_index: this process.
     process_count: number of processes; each reads a disjoint shard.
     end_step: stop before this step; None: never stop.
+    device_augment: yield the images instead of the views; the train step augments them
+      (`config.augment.on_device`, `simclr_jax.data.device_augment`).
 
   Returns:
     A `Batches` iterator of {'views': float32 [B_host, 2, H, W, C] in [0, 1],
     'label': int32 [B_host]}, B_host = global_batch_size // process_count, H = W =
-    dataset_config.image_size.
+    dataset_config.image_size. With device_augment: {'image': uint8 [B_host, H0, W0, C] (the
+    source's size), 'label', 'position': int32 [B_host] (place in the global batch)}.
 
   Raises:
-    ValueError: batch size not divisible by process_count, or dataset smaller than one batch.
+    ValueError: batch size not divisible by process_count, dataset smaller than one batch, or
+      device_augment with ops it does not support or a streaming source.
   """
   host_batch_size(global_batch_size, process_count)  # Fail before loading anything.
   augment.view_ops(augment_config)  # Likewise for an unknown op or preset.
@@ -178,13 +196,14 @@ def pretrain_batches(dataset_config, augment_config, *, global_batch_size: int, 
   return batches_from_source(source, augment_config, image_size=int(dataset_config.image_size),
                              global_batch_size=global_batch_size, seed=seed,
                              start_step=start_step, process_index=process_index,
-                             process_count=process_count, end_step=end_step)
+                             process_count=process_count, end_step=end_step,
+                             device_augment=device_augment)
 
 
 def batches_from_source(source: sources.Source, augment_config, *, image_size: int,
                         global_batch_size: int, seed: int, start_step: int = 0,
                         process_index: int = 0, process_count: int = 1,
-                        end_step: Optional[int] = None) -> Batches:
+                        end_step: Optional[int] = None, device_augment: bool = False) -> Batches:
   """`pretrain_batches` on an already loaded `Source` (benchmarks, custom arrays).
 
   Args and Returns: as `pretrain_batches`, with `image_size` the side of the views.
@@ -196,15 +215,22 @@ def batches_from_source(source: sources.Source, augment_config, *, image_size: i
     raise ValueError(f'The training split has {source.num_examples} examples, fewer than one '
                      f'global batch of {global_batch_size}: lower `--config.batch_size` or raise '
                      '`--config.dataset.max_train_examples`.')
-  augment.view_ops(augment_config)
-  build = _in_memory_dataset if source.in_memory else _streaming_dataset
-  ds = build(source, augment_config, image_size=image_size, host_batch=host_batch, seed=seed,
-             start_step=start_step, end_step=end_step, process_index=process_index,
-             process_count=process_count)
+  ops = augment.view_ops(augment_config)
+  channels = sources.image_shape(source, image_size)[-1]
+  kwargs = dict(image_size=image_size, host_batch=host_batch, seed=seed, start_step=start_step,
+                end_step=end_step, process_index=process_index, process_count=process_count)
+  if device_augment:
+    if not source.in_memory:
+      raise ValueError(f'augment.on_device=True needs an in-memory source of same-size images; '
+                       f'{source.name} is streamed: set --config.augment.on_device=False.')
+    device_augment_lib.check_ops(ops, channels)
+    ds = _in_memory_dataset(source, augment_config, device_augment=True, **kwargs)
+  else:
+    build = _in_memory_dataset if source.in_memory else _streaming_dataset
+    ds = build(source, augment_config, **kwargs)
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-  channels = sources.image_shape(source, image_size)[-1]
   logging.info('Pretraining input: %s, %d examples, host batch %d, from step %d.', source.name,
                source.num_examples, host_batch, start_step)
   return Batches(ds, num_examples=source.num_examples, num_classes=source.num_classes,

@@ -3,7 +3,8 @@ r"""Writes a PNG grid of real training images and the two augmented views the mo
   python -m simclr_jax.data.preview --config=configs/fashion_mnist.py --out=views.png
 
 Rows are examples; columns are (original, view 1, view 2), taken from the first pretraining
-batch, so the picture shows exactly what `pipeline.pretrain_batches` produces for the config.
+batch, so the picture shows exactly the views of the config's first step (drawn as the train
+step draws them when `augment.on_device` is set).
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ def preview_grid(config, *, num_examples: int = 8, seed: Optional[int] = None) -
     original (eval-preprocessed), view 1, view 2.
   """
   seed = config.seed if seed is None else seed
+  on_device = bool(config.augment.get('on_device', False))
   batch = next(pipeline.pretrain_batches(config.dataset, config.augment,
-                                         global_batch_size=num_examples, seed=seed))
+                                         global_batch_size=num_examples, seed=seed,
+                                         device_augment=on_device))
+  if on_device:  # The views the train step draws at step 0.
+    from simclr_jax import train_step  # pylint: disable=g-import-not-at-top
+    batch = {'views': np.asarray(train_step.batch_views(batch, train_step.run_key(seed), 0,
+                                                        config))}
   # Recover the originals by re-running the pipeline with no augmentation: same (seed, step)
   # gives the same example order, and preset 'none' returns the image itself.
   plain = config.augment.copy_and_resolve_references()

@@ -1,10 +1,11 @@
 """Supervised baseline: the same encoder trained from scratch with cross-entropy on the labels.
 
 The upper reference of the quality benchmark (benchmarks/quality.py): same ResNet, same two-view
-augmentation (`pipeline.batches_from_source` with `config.augment`, both views used as training
-examples), same optimizer and schedule (`optim.build_optimizer(config.optimizer)`), same batch;
-only the loss differs. A Dense classifier on h trains with the encoder (as part of the backbone,
-so it gets the same LARS/SGD as the weights). Single device, jitted; no checkpoints (a baseline,
+augmentation (`pipeline.batches_from_source` with `config.augment`, drawn in the step when
+`augment.on_device`; both views used as training examples), same optimizer and schedule
+(`optim.build_optimizer(config.optimizer)`), same batch; only the loss differs. A Dense
+classifier on h trains with the encoder (as part of the backbone, so it gets the same LARS/SGD
+as the weights). Single device, jitted; no checkpoints (a baseline,
 not a product).
 
 The result is returned as `ContrastiveModel` variables (encoder trained; projection head and
@@ -73,11 +74,15 @@ def train_supervised(config: ml_collections.ConfigDict, *, num_steps: int,
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return loss, ({'encoder': updates['batch_stats']}, accuracy)
 
+  rng = train_step_lib.run_key(config.seed)
+
   @jax.jit
-  def step_fn(params, opt_state, batch_stats, views, labels):
+  def step_fn(params, opt_state, batch_stats, batch, step):
+    # The pretraining step's views (config.augment.on_device: drawn here, as there).
+    views = train_step_lib.batch_views(batch, rng, step, config)
     # [B, 2, H, W, C] -> [2B, H, W, C], view 1 of every image first, labels repeated to match.
     images = jnp.concatenate([views[:, 0], views[:, 1]])
-    labels = jnp.concatenate([labels, labels])
+    labels = jnp.concatenate([batch['label'], batch['label']])
     (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, batch_stats, images, labels)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -85,13 +90,14 @@ def train_supervised(config: ml_collections.ConfigDict, *, num_steps: int,
 
   batches = pipeline.batches_from_source(
       source, config.augment, image_size=config.dataset.image_size,
-      global_batch_size=config.batch_size, seed=config.seed, end_step=num_steps)
+      global_batch_size=config.batch_size, seed=config.seed, end_step=num_steps,
+      device_augment=config.augment.on_device)
   t0 = time.time()
   loss = accuracy = jnp.nan
   for step in range(num_steps):
     batch = next(batches)
     params, opt_state, batch_stats, loss, accuracy = step_fn(params, opt_state, batch_stats,
-                                                             batch['views'], batch['label'])
+                                                             batch, jnp.int32(step))
     if not np.isfinite(float(loss)):  # float() also syncs, so on_step timings are real
       raise FloatingPointError(f'supervised loss became {float(loss)} at step {step}')
     if on_step is not None:
