@@ -97,6 +97,9 @@ flags.DEFINE_integer('eval_test_examples', -1, '> 0: evaluate on the first n tes
 flags.DEFINE_integer('finetune_steps', -1, '> 0: override config.eval.finetune_steps (dev).')
 flags.DEFINE_integer('finetune_seeds', 3, 'Fine-tune runs per row (seeds 0..n-1); the column '
                      'is their mean.')
+flags.DEFINE_integer('seed', 0, 'config.seed of every row (pretraining, batch order, '
+                     'augmentation, lightly\'s seed, the first 1% label subset): another value '
+                     'replicates the whole table.')
 flags.DEFINE_string('torch_python', sys.executable, 'Interpreter with torch (and lightly).')
 
 
@@ -104,6 +107,7 @@ def _base_config(method: str = 'simclr'):
   config = CONFIGS[method].get_config()
   config.eval.finetune_fraction = LABEL_FRACTION
   config.eval.pixel_baseline = False  # its own row
+  config.seed = FLAGS.seed
   if FLAGS.finetune_steps > 0:
     config.eval.finetune_steps = FLAGS.finetune_steps
   return config
