@@ -14,8 +14,6 @@ import numpy as np
 import optax
 from jax import lax
 
-from simclr_jax.data import device_augment
-
 PyTree = Any
 # fold_in data of the device augmentation's key; step_key folds in core indices, never this.
 _AUGMENT_STREAM = 2 ** 32 - 1
@@ -71,6 +69,9 @@ def batch_views(batch, rng: jax.Array, step: jax.Array, config) -> jax.Array:
   """
   if 'views' in batch:
     return batch['views']
+  # Imported here: it needs TensorFlow (augment's op list), which a step fed with views (the
+  # step benchmarks, whose peak RSS and start time are measured) must not load.
+  from simclr_jax.data import device_augment  # pylint: disable=g-import-not-at-top
   key = jax.random.fold_in(step_key(rng, step, None), _AUGMENT_STREAM)
   return device_augment.views(batch['image'], batch['position'], key, config.augment,
                               config.dataset.image_size)

@@ -1,6 +1,9 @@
 """The per-core train step: 8 simulated devices == 1 device, pmap == shard_map, BN statistics."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -131,3 +134,11 @@ def test_batch_that_does_not_divide_is_a_clear_error():
   mapper = parallel.Mapper('shard_map', 8)
   with pytest.raises(ValueError, match='multiple of 8'):
     mapper.check_batch_size(12)
+
+
+def test_importing_the_step_does_not_load_tensorflow():
+  """The step benchmarks import it; TensorFlow would add seconds and memory to what they time."""
+  code = 'import sys; import simclr_jax.train_step; print("tensorflow" in sys.modules)'
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.stdout.strip() == 'False'
