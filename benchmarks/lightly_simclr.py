@@ -13,8 +13,8 @@ What comes from lightly: `lightly.loss.NTXentLoss` and `lightly.models.modules.
 SimCLRProjectionHead`. What mirrors the JAX config (quality.py passes its fields as flags; the
 defaults here are configs/fashion_mnist.py's): the encoder (ResNet-18 v1.5, ImageNet stem, width
 0.5: `torch_train_step.ResNet18`), head widths (h -> h -> 64), temperature 0.2, batch 256, LARS
-(`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a 0.3-epoch warmup and
-cosine decay, and the augmentation (written here as batched torch tensor ops, the same
+(`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a linear warmup and
+cosine decay over the time budget, and the augmentation (written here as batched torch tensor ops, the same
 distributions as our tf.data pipeline, so both rows see the same views, not torchvision's
 per-image transforms): random resized crop (area U[0.2, 1], aspect
 log-U[3/4, 4/3], first of 10 tries that fits, else the whole image) resized bicubically, flip
@@ -22,8 +22,9 @@ p=0.5, and with p=0.8 brightness (x b) and contrast (about the per-image mean, x
 U[0.6, 1.4], in random order, each clipped to [0, 1]. Differences left: torch's bicubic kernel
 (a = -0.75) vs TensorFlow's (a = -0.5); random numbers are torch's, not the JAX pipeline's.
 
-The budget is a step count, as in quality.py: a short probe measures steps/s, then
-`steps = minutes * 60 * steps/s`.
+The budget is wall time, as simclr_jax's `config.time_budget_minutes` (simclr_jax/time_budget.py):
+the clock starts when the first step returns, the learning rate at progress p = elapsed /
+budget is warmup (p < --warmup_fraction) then cosine to 0 at p = 1, and training stops there.
 
 If lightly does not import (its packages import torchvision at import time), prints one JSON
 line {"blocked": "<error>"} and exits with status 3; nothing of lightly is copied here.
@@ -113,14 +114,14 @@ def augment(images: torch.Tensor, gen: torch.Generator, *, crop_area_min: float,
   return torch.where(apply, jittered, x)
 
 
-def learning_rate(step: int, *, total_steps: int, steps_per_epoch: int, peak: float,
-                  warmup_epochs: float) -> float:
-  """Linear warmup over min(warmup_epochs, 30% of the run), then cosine to 0 (simclr_jax.optim)."""
-  warmup = min(warmup_epochs * steps_per_epoch, 0.3 * total_steps)
-  if step < warmup:
-    return peak * (step + 1) / warmup
-  progress = (step - warmup) / max(total_steps - warmup, 1)
-  return peak * 0.5 * (1 + math.cos(math.pi * progress))
+def learning_rate(progress: float, *, peak: float, warmup_fraction: float) -> float:
+  """Linear warmup from 0 over the first `warmup_fraction` of the budget, then cosine to 0 at
+  progress 1 (simclr_jax.optim.learning_rate_schedule at step progress * S)."""
+  progress = min(progress, 1.0)
+  if progress < warmup_fraction:
+    return peak * progress / warmup_fraction
+  return peak * 0.5 * (1 + math.cos(math.pi * (progress - warmup_fraction) /
+                                    (1 - warmup_fraction)))
 
 
 class SimCLR(torch.nn.Module):
@@ -137,10 +138,10 @@ class SimCLR(torch.nn.Module):
     return self.head(self.encoder(x))
 
 
-def train(pretrain_images: np.ndarray, *, steps: int, args: argparse.Namespace, lightly_parts,
-          on_step=None) -> tuple[SimCLR, float]:
-  """Pretrains for `steps` steps with the model/optimizer/augmentation flags of `args`; returns
-  (model, last loss)."""
+def train(pretrain_images: np.ndarray, *, budget_s: float, args: argparse.Namespace,
+          lightly_parts, on_step=None) -> tuple[SimCLR, float, int]:
+  """Pretrains for `budget_s` seconds (the first step, PyTorch's warm-up, not counted) with the
+  model/optimizer/augmentation flags of `args`; returns (model, last loss, steps)."""
   ntxent_cls, head_cls, _ = lightly_parts
   batch_size = args.batch_size
   torch.manual_seed(args.seed)
@@ -151,13 +152,13 @@ def train(pretrain_images: np.ndarray, *, steps: int, args: argparse.Namespace, 
                  cifar_stem=args.cifar_stem, out_dim=args.head_out_dim).train()
   criterion = ntxent_cls(temperature=args.temperature)
   lars = torch_train_step.Lars(model.parameters(), lr=0.0, weight_decay=args.weight_decay)
-  steps_per_epoch = images.shape[0] // batch_size
   peak = args.learning_rate * batch_size / 256
   view = lambda x: augment(x, gen, crop_area_min=args.crop_area_min,  # pylint: disable=unnecessary-lambda-assignment
                            color_strength=args.color_strength)
   order = np.zeros((0,), np.int64)
   loss = float('nan')
-  for step in range(steps):
+  step, progress, start = 0, 0.0, None
+  while progress < 1:
     if order.shape[0] < batch_size:  # per-epoch permutations, full batches only
       order = rng.permutation(images.shape[0])
     idx, order = order[:batch_size], order[batch_size:]
@@ -167,15 +168,17 @@ def train(pretrain_images: np.ndarray, *, steps: int, args: argparse.Namespace, 
       p.grad = None
     total = criterion(model(view_1), model(view_2))
     total.backward()
-    lars.lr = learning_rate(step, total_steps=steps, steps_per_epoch=steps_per_epoch, peak=peak,
-                            warmup_epochs=args.warmup_epochs)
+    lars.lr = learning_rate(progress, peak=peak, warmup_fraction=args.warmup_fraction)
     lars.step()
-    loss = total.item()  # also syncs, so on_step timings are real
+    loss = total.item()  # also syncs, so the clock and on_step timings are real
     if not math.isfinite(loss):
       raise FloatingPointError(f'loss became {loss} at step {step}')
+    step += 1
+    start = start if start is not None else time.perf_counter()
+    progress = (time.perf_counter() - start) / budget_s
     if on_step is not None:
       on_step()
-  return model, loss
+  return model, loss, step
 
 
 @torch.no_grad()
@@ -204,8 +207,6 @@ def main():
                       help='npz to write the pretrained encoder state_dict to (torch names, '
                       'numpy arrays), for fine-tuning it with simclr_jax (quality.py).')
   parser.add_argument('--minutes', type=float, default=15.0, help='pretraining budget.')
-  parser.add_argument('--probe_steps', type=int, default=60,
-                      help='speed-probe steps; the rate is taken over the second half.')
   parser.add_argument('--batch_size', type=int, default=256)
   parser.add_argument('--temperature', type=float, default=0.2)
   parser.add_argument('--seed', type=int, default=0)
@@ -214,7 +215,9 @@ def main():
   parser.add_argument('--head_out_dim', type=int, default=64)
   parser.add_argument('--learning_rate', type=float, default=1.0, help='x batch_size / 256.')
   parser.add_argument('--weight_decay', type=float, default=1e-6)
-  parser.add_argument('--warmup_epochs', type=float, default=0.3)
+  parser.add_argument('--warmup_fraction', type=float, default=0.03,
+                      help='share of the budget in warmup (configs/fashion_mnist.py: 0.3 of '
+                      '10 epochs).')
   parser.add_argument('--crop_area_min', type=float, default=0.2)
   parser.add_argument('--color_strength', type=float, default=0.5)
   args = parser.parse_args()
@@ -230,16 +233,11 @@ def main():
     parser.error('--data and --out are required')
   data = np.load(args.data)
   pretrain_images = data['pretrain_images']
-  kwargs = dict(args=args, lightly_parts=lightly_parts)
-  times = []
-  train(pretrain_images, steps=args.probe_steps,
-        on_step=lambda: times.append(time.perf_counter()), **kwargs)
-  probe_rate = _rate(times[len(times) // 2:])  # second half: past torch's warm-up steps
-  steps = max(args.probe_steps, int(args.minutes * 60 * probe_rate))
   times = []
   t0 = time.time()
-  model, loss = train(pretrain_images, steps=steps,
-                      on_step=lambda: times.append(time.perf_counter()), **kwargs)
+  model, loss, steps = train(pretrain_images, budget_s=args.minutes * 60, args=args,
+                             lightly_parts=lightly_parts,
+                             on_step=lambda: times.append(time.perf_counter()))
   minutes = (time.time() - t0) / 60
   np.savez(args.out, train_h=features(model, data['train_images']),
            test_h=features(model, data['test_images']))
@@ -247,7 +245,7 @@ def main():
     np.savez(args.weights_out, **{k: v.detach().numpy()
                                   for k, v in model.encoder.state_dict().items()})
   print(json.dumps(dict(
-      steps=steps, probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
+      steps=steps, pretrain_minutes=minutes,
       images_per_s=_rate(times) * args.batch_size,
       train_loss=loss, lightly_version=lightly_parts[2], torch_version=torch.__version__,
       threads=torch.get_num_threads())))

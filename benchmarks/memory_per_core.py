@@ -81,14 +81,14 @@ def compile_and_measure(*, num_devices: int, per_device_batch: int, dtype: str, 
   model = build_model(config.model, num_classes=1000, image_size=image_size,
                       axis_name=parallel.AXIS)
   method = methods.get_method(config.method)
-  tx, schedule = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
+  tx, _ = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
                                        total_steps=1000, steps_per_epoch=100)
   # Shapes only: no ResNet-50 is initialised, nothing is allocated.
   state = jax.eval_shape(lambda: train_step_lib.create_train_state(
       model, method, tx, config, image_shape=shape))
   step_fn = mapper.map_step(functools.partial(
-      train_step_lib.train_step, model=model, method=method, tx=tx, schedule=schedule,
-      config=config, axis_name=parallel.AXIS))
+      train_step_lib.train_step, model=model, method=method, tx=tx, config=config,
+      axis_name=parallel.AXIS))
 
   def abstract(x, sharding):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)

@@ -105,11 +105,11 @@ def main(argv):
   model = build_model(c.model, num_classes=10, image_size=FLAGS.image_size,
                       axis_name=parallel.AXIS)
   method = methods.get_method('simclr')
-  tx, schedule = optim.build_optimizer(c.optimizer, global_batch_size=n_global,
+  tx, _ = optim.build_optimizer(c.optimizer, global_batch_size=n_global,
                                        total_steps=1000, steps_per_epoch=100)
   state = train_step_lib.create_train_state(model, method, tx, c, image_shape=shape)
   step = functools.partial(train_step_lib.train_step, model=model, method=method, tx=tx,
-                           schedule=schedule, config=c, axis_name=parallel.AXIS)
+                           config=c, axis_name=parallel.AXIS)
   step_fn = mapper.map_step(step)
   # Abstract inputs: nothing is allocated, only compiled.
   batch = {

@@ -20,12 +20,13 @@ Rows (flag --rows; SSL methods with --methods):
                               the JAX ResNet (checked: same h to ~1e-5), through the same
                               fine-tuning code. Reported as blocked when lightly does not import.
 
-The budget is turned into a step count, not a time limit inside the trainer: a 60-step probe
-measures steps/s over its second half (compilation and input-buffer warm-up excluded), then the
-run gets `num_train_steps = budget * steps/s`.
-The learning-rate schedule (warmup + cosine) then ends where the run ends, and the run is
-reproducible from its recorded step count; the wall time actually spent is reported beside it
-(on a shared machine it drifts from the budget with the load).
+The budget is wall time inside the trainer (`config.time_budget_minutes`, simclr_jax/
+time_budget.py; lightly_simclr.py does the same in PyTorch): each row trains until --pretrain_minutes
+have passed since its first (compiling / warm-up) step returned, its learning rate following
+the config's warmup + cosine schedule over elapsed time (warmup: the config's 0.3 of 10 epochs,
+3 % of the budget), so every row gets the same wall time by construction whatever its speed and
+the machine's load; the steps that fitted are reported. (Until session 7 a 60-step speed probe
+set a step count instead; it missed the run's rate by up to 20 %, docs/benchmarks.md.)
 
 Evaluation, the same for every row (the config.eval fields of configs/fashion_mnist.py): h of
 the frozen encoder; linear = L-BFGS logistic regression (`linear.linear_eval`, l2_reg, max_iters)
@@ -66,6 +67,8 @@ import tensorflow as tf
 from configs import barlow_twins_fashion_mnist
 from configs import fashion_mnist
 from configs import moco_fashion_mnist
+from simclr_jax import config_validation
+from simclr_jax import optim
 from simclr_jax import run
 from simclr_jax import train
 from simclr_jax import xla_setup
@@ -89,8 +92,6 @@ flags.DEFINE_float('pretrain_minutes', 15.0, 'Wall-clock pretraining budget per 
 flags.DEFINE_list('methods', list(CONFIGS), f'SSL methods to pretrain, of {list(CONFIGS)}.')
 flags.DEFINE_list('rows', list(ALL_ROWS), f'Row groups, of {list(ALL_ROWS)} (ssl = --methods).')
 flags.DEFINE_string('workdir', '/tmp/simclr_quality', 'Checkpoints, features, results.json.')
-flags.DEFINE_integer('probe_steps', 60, 'Steps of the speed probe that sets num_train_steps '
-                     '(its rate is taken over the second half).')
 flags.DEFINE_integer('eval_train_examples', -1, '> 0: evaluate on the first n training images '
                      '(development only; the 1% subset is then 1% of n).')
 flags.DEFINE_integer('eval_test_examples', -1, '> 0: evaluate on the first n test images.')
@@ -114,7 +115,7 @@ def _base_config(method: str = 'simclr'):
 
 
 class _StepTimer:
-  """on_step callback: wall time of every step, to get a steady-state rate without compilation."""
+  """on_step callback: wall time of every step, for a rate without the compiling first step."""
 
   def __init__(self):
     self.times = []
@@ -124,29 +125,20 @@ class _StepTimer:
     self.times.append(time.perf_counter())
 
   def steps_per_s(self) -> float:
-    # Over the second half of the steps: the first half holds the compilation (step 1) and the
-    # steps fed from the input buffer tf.data filled during it (PyTorch: its warm-up), which
-    # made a 20-step probe 9-11 % off the run's rate in both directions (docs/benchmarks.md).
-    t = self.times[len(self.times) // 2:]
+    # From the end of the first step, as the budget's clock (lightly_simclr.py: the same).
+    t = self.times
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float('nan')
 
 
-def _fit_schedule(config, num_steps: int):
-  """Sets num_train_steps; shortens the warmup to at most 30% of the run when the run is short."""
-  config.num_train_steps = num_steps
-  steps_per_epoch = NUM_PRETRAIN_EXAMPLES // config.batch_size
-  max_warmup_epochs = 0.3 * num_steps / steps_per_epoch
-  if config.optimizer.warmup_epochs > max_warmup_epochs:
-    config.optimizer.warmup_epochs = max_warmup_epochs
+def _timed(config):
+  """The config trained for --pretrain_minutes, its own schedule spread over them."""
+  config.time_budget_minutes = FLAGS.pretrain_minutes
   return config
 
 
-def _budget_steps(probe_fn) -> tuple[int, float]:
-  """Runs `probe_fn(num_steps, on_step)` for --probe_steps steps; returns (steps, steps/s)."""
-  timer = _StepTimer()
-  probe_fn(FLAGS.probe_steps, timer)
-  rate = timer.steps_per_s()
-  return max(FLAGS.probe_steps, int(FLAGS.pretrain_minutes * 60 * rate)), rate
+def _nominal_steps(config) -> int:
+  """The step count whose schedule a timed run spreads over its budget (num_epochs' steps)."""
+  return config_validation.total_steps(config, NUM_PRETRAIN_EXAMPLES)
 
 
 def _fresh_dir(name: str) -> str:
@@ -157,12 +149,7 @@ def _fresh_dir(name: str) -> str:
 
 
 def _pretrain_ssl(method: str, data) -> tuple[dict, run.Encoder, object]:
-  def probe(num_steps, on_step):
-    config = _fit_schedule(_base_config(method), num_steps)
-    train.pretrain(config, _fresh_dir(f'{method}_probe'), on_step=on_step)
-
-  num_steps, probe_rate = _budget_steps(probe)
-  config = _fit_schedule(_base_config(method), num_steps)
+  config = _timed(_base_config(method))
   workdir = _fresh_dir(method)
   timer = _StepTimer()
   t0 = time.time()
@@ -170,27 +157,22 @@ def _pretrain_ssl(method: str, data) -> tuple[dict, run.Encoder, object]:
   minutes = (time.time() - t0) / 60
   encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:],
                         state=out['state'])
-  info = dict(steps=out['step'], probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
+  info = dict(steps=out['step'], pretrain_minutes=minutes,
               images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'])
   return info, encoder, config
 
 
 def _pretrain_supervised(data):
-  def probe(num_steps, on_step):
-    supervised.train_supervised(_fit_schedule(_base_config(), num_steps), num_steps=num_steps,
-                                on_step=on_step)
-
-  num_steps, probe_rate = _budget_steps(probe)
-  config = _fit_schedule(_base_config(), num_steps)
+  config = _timed(_base_config())
   timer = _StepTimer()
   t0 = time.time()
-  out = supervised.train_supervised(config, num_steps=num_steps, on_step=timer)
+  out = supervised.train_supervised(config, num_steps=_nominal_steps(config), on_step=timer)
   minutes = (time.time() - t0) / 60
   state = types.SimpleNamespace(params=out['variables']['params'],
                                 batch_stats=out['variables']['batch_stats'], step=out['step'])
   encoder = run.Encoder(config, _fresh_dir('supervised'), num_classes=data[4],
                         image_shape=data[0].shape[1:], state=state)
-  info = dict(steps=out['step'], probe_steps_per_s=probe_rate, pretrain_minutes=minutes,
+  info = dict(steps=out['step'], pretrain_minutes=minutes,
               images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'],
               train_accuracy=out['train_accuracy'])
   return info, encoder, config
@@ -268,15 +250,17 @@ def _lightly_row(data) -> dict:
   if actual != mirrored:
     raise ValueError(f'benchmarks/lightly_simclr.py mirrors {mirrored} only; the config has '
                      f'{actual}: extend the mirror or drop the lightly row (--rows)')
+  steps_per_epoch = config_validation.steps_per_epoch(config, NUM_PRETRAIN_EXAMPLES)
+  warmup_fraction = optim.warmup_steps(config.optimizer, steps_per_epoch) / _nominal_steps(config)
   cmd = [FLAGS.torch_python, script, f'--data={data_path}', f'--out={feats_path}',
          f'--weights_out={weights_path}',
-         f'--minutes={FLAGS.pretrain_minutes}', f'--probe_steps={FLAGS.probe_steps}',
+         f'--minutes={FLAGS.pretrain_minutes}',
          f'--batch_size={config.batch_size}', f'--temperature={config.loss.temperature}',
          f'--seed={config.seed}', f'--width_multiplier={config.model.width_multiplier}',
          f'--cifar_stem={int(cifar_stem)}', f'--head_out_dim={config.model.head_out_dim}',
          f'--learning_rate={config.optimizer.learning_rate}',
          f'--weight_decay={config.optimizer.weight_decay}',
-         f'--warmup_epochs={config.optimizer.warmup_epochs}',
+         f'--warmup_fraction={warmup_fraction}',
          f'--crop_area_min={config.augment.crop_area_min}',
          f'--color_strength={config.augment.color_strength}']
   logging.info('lightly: %s', ' '.join(cmd))
@@ -288,7 +272,7 @@ def _lightly_row(data) -> dict:
     return {'blocked': reason if isinstance(reason, str) else ' '.join(reason)}
   feats = np.load(feats_path)
   out = _frozen_feature_metrics(config, feats['train_h'], feats['test_h'], data)
-  out.update({k: info[k] for k in ('steps', 'probe_steps_per_s', 'pretrain_minutes',
+  out.update({k: info[k] for k in ('steps', 'pretrain_minutes',
                                    'images_per_s', 'train_loss', 'lightly_version',
                                    'torch_version') if k in info})
   # Fine-tune 1%: lightly's pretrained encoder in our JAX ResNet, then the same fine-tuning code
@@ -453,7 +437,7 @@ def main(argv):
   result = dict(
       benchmark='quality_fashion_mnist', date=datetime.date.today().isoformat(),
       command=' '.join([os.path.basename(sys.executable)] + sys.argv),
-      pretrain_minutes_budget=FLAGS.pretrain_minutes, probe_steps=FLAGS.probe_steps,
+      pretrain_minutes_budget=FLAGS.pretrain_minutes, budget='wall time (time_budget_minutes)',
       finetune_steps=_base_config().eval.finetune_steps, finetune_seeds=FLAGS.finetune_seeds,
       eval_train_examples=int(len(data[1])), eval_test_examples=int(len(data[3])),
       load_average_start=load_start, cpu_count=os.cpu_count(), rows=rows)

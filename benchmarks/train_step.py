@@ -102,11 +102,11 @@ def build_step(*, depth: int = 18, width_multiplier: float = 1.0, image_size: in
   mapper.check_batch_size(batch_size)
   model = build_model(c.model, num_classes=10, image_size=image_size, axis_name=parallel.AXIS)
   method = methods.get_method('simclr')
-  tx, schedule = optim.build_optimizer(c.optimizer, global_batch_size=c.batch_size,
+  tx, _ = optim.build_optimizer(c.optimizer, global_batch_size=c.batch_size,
                                        total_steps=1000, steps_per_epoch=100)
   state = train_step_lib.create_train_state(model, method, tx, c, image_shape=shape)
   step = functools.partial(train_step_lib.train_step, model=model, method=method, tx=tx,
-                           schedule=schedule, config=c, axis_name=parallel.AXIS)
+                           config=c, axis_name=parallel.AXIS)
   step_fn = mapper.map_step(step)
   # Real-looking inputs are not needed for timing: the step's cost does not depend on pixels.
   rng = np.random.default_rng(0)

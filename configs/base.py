@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 256  # global, in images (each gives 2 views)
   c.num_epochs = 100
   c.num_train_steps = -1  # > 0 wins over num_epochs
+  # > 0: train for this many minutes of wall clock instead, the warmup + cosine schedule of the
+  # num_train_steps / num_epochs run spread over them (simclr_jax/time_budget.py).
+  c.time_budget_minutes = 0.0
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3

@@ -99,6 +99,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
                       f'config.batch_size={config.batch_size} (the queue takes whole batches)')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError('set config.num_epochs > 0 or config.num_train_steps > 0')
+  if config.time_budget_minutes < 0:
+    raise ConfigError('config.time_budget_minutes must be >= 0 (0: train for the step count)')
   if config.optimizer.learning_rate <= 0:
     raise ConfigError('config.optimizer.learning_rate must be > 0')
   if config.optimizer.warmup_epochs < 0:

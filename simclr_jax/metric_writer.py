@@ -12,7 +12,9 @@ import numpy as np
 class MetricWriter:
   """Writes scalars under `workdir` with tf.summary; other processes write nothing."""
 
-  def __init__(self, workdir: str, *, total_steps: int, global_batch_size: int):
+  def __init__(self, workdir: str, *, total_steps: Optional[int], global_batch_size: int):
+    """total_steps: the run's length for the ETA and the progress line; None when the run ends
+    on a time budget (the loop then passes its own `eta_minutes`)."""
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
     self.global_batch_size = global_batch_size
@@ -32,7 +34,8 @@ class MetricWriter:
       steps_per_s = (step - self._last_step) / (now - self._last_time)
       out['train/steps_per_s'] = steps_per_s
       out['train/images_per_s'] = steps_per_s * self.global_batch_size
-      out['train/eta_minutes'] = (self.total_steps - step) / max(steps_per_s, 1e-9) / 60
+      if self.total_steps is not None:
+        out['train/eta_minutes'] = (self.total_steps - step) / max(steps_per_s, 1e-9) / 60
     if prefix == 'train':
       self._last_time, self._last_step = now, step
     if not self.enabled:
@@ -45,7 +48,8 @@ class MetricWriter:
       shown = ' '.join(f'{k.split("/")[1]}={v:.4g}' for k, v in out.items()
                        if k.split('/')[1] in ('loss', 'contrast_accuracy', 'probe_accuracy',
                                               'learning_rate', 'images_per_s', 'eta_minutes'))
-      logging.info('step %d/%d %s', step, self.total_steps, shown)
+      of = f'/{self.total_steps}' if self.total_steps is not None else ''
+      logging.info('step %d%s %s', step, of, shown)
     return out
 
   def flush(self) -> None:

@@ -27,6 +27,7 @@ The online probe (params['probe']) is trained by its own plain momentum SGD at
 `probe_learning_rate`, without weight decay or scaling, via optax.multi_transform.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -157,8 +158,35 @@ def _partition_labels(params: Any) -> Any:
   return jax.tree.map_with_path(label, params)
 
 
+def _backbone(optimizer_config: ml_collections.ConfigDict, learning_rate: optax.ScalarOrSchedule
+              ) -> optax.GradientTransformation:
+  """The encoder/head optimizer of `build_optimizer` at `learning_rate`."""
+  name = optimizer_config.name
+  if name == 'lars':
+    backbone = lars(
+        learning_rate,
+        weight_decay=optimizer_config.weight_decay,
+        momentum=optimizer_config.momentum,
+        trust_coefficient=optimizer_config.trust_coefficient)
+  elif name == 'sgd':
+    backbone = optax.chain(
+        optax.add_decayed_weights(optimizer_config.weight_decay, mask=decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+        optax.trace(decay=optimizer_config.momentum))
+  else:
+    backbone = optax.adamw(learning_rate, weight_decay=optimizer_config.weight_decay,
+                           mask=decay_mask)
+  bias_scale = optimizer_config.get('bias_learning_rate_scale', 1.0)
+  if bias_scale != 1.0:
+    # Every transform above is linear in the learning rate once the trust ratio (masked off for
+    # these parameters) is out, so scaling their final update = running them at bias_scale * lr.
+    excluded = lambda params: jax.tree.map(lambda keep: not keep, decay_mask(params))
+    backbone = optax.chain(backbone, optax.masked(optax.scale(bias_scale), excluded))
+  return backbone
+
+
 def build_optimizer(optimizer_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                    total_steps: int, steps_per_epoch: int
+                    total_steps: int, steps_per_epoch: int, learning_rate_from_host: bool = False
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer for the whole parameter tree {'encoder', 'head', 'probe'}.
 
@@ -172,41 +200,50 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *, global_batch
   (biases, BN) run at `bias_learning_rate_scale` x the schedule (Barlow Twins: 0.0048 / 0.2).
   probe: momentum SGD at `probe_learning_rate` (constant), no weight decay.
 
+  The encoder/head learning rate is an injected hyperparameter (optax.inject_hyperparams): its
+  value for the update just made is `learning_rate(opt_state)`. By default the optimizer computes
+  it from its own step count with the schedule; with `learning_rate_from_host` it keeps whatever
+  `with_learning_rate` last set (the time-budget mode of `simclr_jax.train`, where the host maps
+  elapsed time to the schedule).
+
   Args:
     optimizer_config: config.optimizer (see configs/base.py).
     global_batch_size: images per step over all devices.
-    total_steps: training length in steps.
+    total_steps: training length in steps (time-budget mode: the schedule's nominal length).
     steps_per_epoch: steps in one epoch (for warmup_epochs).
+    learning_rate_from_host: the learning rate is set by `with_learning_rate`, not the count.
 
   Returns:
-    (optimizer, schedule): schedule is the encoder/head learning rate, for logging.
+    (optimizer, schedule): schedule(step) is the encoder/head learning rate.
   """
   schedule = learning_rate_schedule(
       optimizer_config, global_batch_size=global_batch_size, total_steps=total_steps,
       steps_per_epoch=steps_per_epoch)
-  name = optimizer_config.name
-  if name == 'lars':
-    backbone = lars(
-        schedule,
-        weight_decay=optimizer_config.weight_decay,
-        momentum=optimizer_config.momentum,
-        trust_coefficient=optimizer_config.trust_coefficient)
-  elif name == 'sgd':
-    backbone = optax.chain(
-        optax.add_decayed_weights(optimizer_config.weight_decay, mask=decay_mask),
-        optax.scale_by_learning_rate(schedule),
-        optax.trace(decay=optimizer_config.momentum))
-  elif name == 'adamw':
-    backbone = optax.adamw(schedule, weight_decay=optimizer_config.weight_decay, mask=decay_mask)
-  else:
-    raise ValueError(f'optimizer.name must be one of {OPTIMIZERS}, got {name!r}.')
-  bias_scale = optimizer_config.get('bias_learning_rate_scale', 1.0)
-  if bias_scale != 1.0:
-    # Every transform above is linear in the learning rate once the trust ratio (masked off for
-    # these parameters) is out, so scaling their final update = running them at bias_scale * lr.
-    excluded = lambda params: jax.tree.map(lambda keep: not keep, decay_mask(params))
-    backbone = optax.chain(backbone, optax.masked(optax.scale(bias_scale), excluded))
+  if optimizer_config.name not in OPTIMIZERS:
+    raise ValueError(
+        f'optimizer.name must be one of {OPTIMIZERS}, got {optimizer_config.name!r}.')
+  backbone = optax.inject_hyperparams(functools.partial(_backbone, optimizer_config))(
+      learning_rate=0.0 if learning_rate_from_host else schedule)
   probe = optax.sgd(optimizer_config.probe_learning_rate, momentum=optimizer_config.momentum)
   optimizer = optax.multi_transform(
       {'backbone': backbone, 'probe': probe}, param_labels=_partition_labels)
   return optimizer, schedule
+
+
+def _lr_state(opt_state: Any):
+  # multi_transform -> masked('backbone') -> inject_hyperparams.
+  return opt_state.inner_states['backbone'].inner_state
+
+
+def learning_rate(opt_state: Any) -> jax.Array:
+  """The encoder/head learning rate of the last update (of the next one when set by the host)."""
+  return _lr_state(opt_state).hyperparams['learning_rate']
+
+
+def with_learning_rate(opt_state: Any, value: Any) -> Any:
+  """`opt_state` whose next update runs at `value` (optimizer built with learning_rate_from_host;
+  `value` an array laid out like the state's, e.g. from `parallel.Mapper.put_state`)."""
+  inject = _lr_state(opt_state)
+  inject = inject._replace(hyperparams={**inject.hyperparams, 'learning_rate': value})
+  masked = opt_state.inner_states['backbone']._replace(inner_state=inject)
+  return opt_state._replace(inner_states={**opt_state.inner_states, 'backbone': masked})

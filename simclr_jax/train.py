@@ -19,6 +19,7 @@ from simclr_jax import methods
 from simclr_jax import metric_writer
 from simclr_jax import optim
 from simclr_jax import parallel
+from simclr_jax import time_budget
 from simclr_jax import train_step as train_step_lib
 from simclr_jax.data import pipeline
 from simclr_jax.data import sources
@@ -62,6 +63,49 @@ def _any_process(flag: bool) -> bool:
   return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
+class _ElapsedLog:
+  """Budget time spent up to each checkpointed step of a time-budget run
+  (`workdir/time_budget.json`, {step: seconds}), so a resumed run continues the clock."""
+
+  FILE = 'time_budget.json'
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, self.FILE)
+
+  def _read(self) -> dict:
+    from tensorflow.io import gfile  # pylint: disable=g-import-not-at-top  (handles gs://)
+    if not gfile.exists(self.path):
+      return {}
+    with gfile.GFile(self.path) as f:
+      return json.load(f)
+
+  def check_mode(self, *, timed: bool, has_checkpoints: bool) -> None:
+    """A workdir's checkpoints resume only in the mode that wrote them (the optimizer state
+    differs), so a mismatch stops here instead of setting the checkpoints aside as unreadable."""
+    if not has_checkpoints:
+      return
+    was_timed = bool(self._read())
+    if timed != was_timed:
+      raise config_validation.ConfigError(
+          f'the checkpoints in {os.path.dirname(self.path)} come from a run '
+          f'{"with" if was_timed else "without"} config.time_budget_minutes and resume only '
+          f'in that mode: {"set it as before" if was_timed else "leave it at 0"}, or use a '
+          'new --workdir.')
+
+  def at(self, step: Optional[int]) -> float:
+    if step is None:
+      return 0.0
+    log = self._read()
+    if str(step) not in log:
+      raise config_validation.ConfigError(
+          f'{self.path} has no elapsed time for checkpoint step {step}; cannot continue the '
+          'time budget. Use a new --workdir.')
+    return float(log[str(step)])
+
+  def record(self, step: int, seconds: float) -> None:
+    metric_writer.write_json(self.path, {str(step): seconds})
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a pretraining run builds from its config before the first step."""
@@ -90,8 +134,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   image_shape = (config.dataset.image_size, config.dataset.image_size, channels)
   model = build_model(config.model, num_classes=source.num_classes, image_size=image_shape[0],
                       axis_name=parallel.AXIS)
-  tx, schedule = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
-                                       total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  tx, schedule = optim.build_optimizer(
+      config.optimizer, global_batch_size=config.batch_size, total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch, learning_rate_from_host=config.time_budget_minutes > 0)
   return Setup(config=config, mapper=mapper, source=source, model=model,
                method=methods.get_method(config.method), tx=tx, schedule=schedule,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps, image_shape=image_shape)
@@ -109,7 +154,7 @@ def make_step(s: Setup):
   key = (s.config.to_json(), tuple(d.id for d in s.mapper.devices), s.mapper.mapping)
   if key not in _STEP_CACHE:
     step = functools.partial(train_step_lib.train_step, model=s.model, method=s.method, tx=s.tx,
-                             schedule=s.schedule, config=s.config, axis_name=parallel.AXIS)
+                             config=s.config, axis_name=parallel.AXIS)
     _STEP_CACHE.clear()  # one entry: compiled programs can be large
     _STEP_CACHE[key] = s.mapper.map_step(step)
   return _STEP_CACHE[key]
@@ -134,33 +179,50 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
   """
   s = setup(config)
   metric_writer.makedirs(workdir)  # local or gs://
-  metric_writer.write_json(os.path.join(workdir, 'config.json'), config.to_dict(), merge=False)
   state = train_step_lib.create_train_state(s.model, s.method, s.tx, config,
                                             image_shape=s.image_shape)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  budget_s = config.time_budget_minutes * 60
+  elapsed = _ElapsedLog(workdir)
+  elapsed.check_mode(timed=budget_s > 0, has_checkpoints=bool(ckpt.all_steps()))
+  metric_writer.write_json(os.path.join(workdir, 'config.json'), config.to_dict(), merge=False)
   restored_step, state = ckpt.restore_latest(state)
   start_step = int(state.step)
   if restored_step is not None:
     logging.info('resuming from step %d in %s', start_step, ckpt.directory)
-  logging.info('pretraining %s: %d steps (%d per epoch), global batch %d on %d devices (%s)',
-               config.method, s.total_steps, s.steps_per_epoch, config.batch_size,
-               s.mapper.num_devices, config.mapping)
-  writer = metric_writer.MetricWriter(workdir, total_steps=s.total_steps,
+  clock = None
+  if budget_s > 0:
+    clock = time_budget.Clock(budget_s, elapsed.at(restored_step))
+    logging.info('pretraining %s for %.1f minutes (%.1f left), the schedule spread over them as '
+                 'over %d steps; global batch %d on %d devices (%s)', config.method,
+                 config.time_budget_minutes, (budget_s - clock.elapsed_before_s) / 60,
+                 s.total_steps, config.batch_size, s.mapper.num_devices, config.mapping)
+  else:
+    logging.info('pretraining %s: %d steps (%d per epoch), global batch %d on %d devices (%s)',
+                 config.method, s.total_steps, s.steps_per_epoch, config.batch_size,
+                 s.mapper.num_devices, config.mapping)
+  writer = metric_writer.MetricWriter(workdir, total_steps=None if clock else s.total_steps,
                                       global_batch_size=config.batch_size)
   step_fn = make_step(s)
   rng = train_step_lib.run_key(config.seed)
   batches = pipeline.batches_from_source(
       s.source, config.augment, image_size=config.dataset.image_size,
       global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-      end_step=s.total_steps, process_index=jax.process_index(),
+      end_step=None if clock else s.total_steps, process_index=jax.process_index(),
       process_count=jax.process_count(), device_augment=config.augment.on_device)
   device_state = s.mapper.put_state(state)
   last_saved = restored_step
   last_metrics = {}
   history = []
   preempted = False
+  progress = clock.progress() if clock else start_step / s.total_steps
+  step = start_step
   with StopSignal() as stop:
-    for step in range(start_step, s.total_steps):
+    while progress < 1:
+      if clock:
+        lr = time_budget.learning_rate(s.schedule, s.total_steps, progress)
+        device_state = device_state.replace(opt_state=optim.with_learning_rate(
+            device_state.opt_state, s.mapper.put_state(lr)))
       batch = s.mapper.put_batch(next(batches))
       device_state, metrics = step_fn(device_state, batch, rng)
       if not bool(metrics['finite']):
@@ -168,19 +230,31 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
             f'the loss or gradients became NaN/Inf at step {step}. Nothing was saved after the '
             f'last good checkpoint (step {last_saved}, in {ckpt.directory}). Lower '
             'config.optimizer.learning_rate or raise config.optimizer.warmup_epochs, then rerun.')
-      done = step + 1
+      step += 1
+      if clock:
+        clock.start()  # no-op after the first step: its compilation is not counted
+        progress = clock.progress()
+      else:
+        progress = step / s.total_steps
+      last = progress >= 1
       if on_step is not None:
-        on_step(done)
-      if done % config.log_every_steps == 0 or done == s.total_steps:
-        last_metrics = writer.write(done, jax.device_get(metrics))
-        history.append({'step': done, **last_metrics})
+        on_step(step)
+      if step % config.log_every_steps == 0 or last:
+        host_metrics = jax.device_get(metrics)
+        if clock:
+          host_metrics.update(budget_progress=min(progress, 1.0),
+                              eta_minutes=max(0.0, 1 - progress) * budget_s / 60)
+        last_metrics = writer.write(step, host_metrics)
+        history.append({'step': step, **last_metrics})
       stop_now = _any_process(stop.received is not None)
-      if done % config.checkpoint_every_steps == 0 or done == s.total_steps or stop_now:
-        ckpt.save(done, s.mapper.get_state(device_state))
-        last_saved = done
+      if step % config.checkpoint_every_steps == 0 or last or stop_now:
+        if clock:  # before the checkpoint: a step never exists without its elapsed time
+          elapsed.record(step, clock.elapsed_s())
+        ckpt.save(step, s.mapper.get_state(device_state))
+        last_saved = step
       if stop_now:
         logging.warning('stopped by signal %d at step %d; checkpoint saved. Rerun the same '
-                        'command to resume.', stop.received, done)
+                        'command to resume.', stop.received, step)
         preempted = True
         break
   writer.flush()

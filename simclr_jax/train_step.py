@@ -14,6 +14,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from simclr_jax import optim
+
 PyTree = Any
 # fold_in data of the device augmentation's key; step_key folds in core indices, never this.
 _AUGMENT_STREAM = 2 ** 32 - 1
@@ -86,8 +88,8 @@ def _probe_loss(logits: jax.Array, labels: jax.Array):
   return jnp.sum(ce * valid) / count, accuracy
 
 
-def train_step(state: TrainState, batch, rng: jax.Array, *, model, method, tx, schedule,
-               config, axis_name: Optional[str] = 'batch'):
+def train_step(state: TrainState, batch, rng: jax.Array, *, model, method, tx, config,
+               axis_name: Optional[str] = 'batch'):
   """One optimizer step on this core's share of the global batch.
 
   Args:
@@ -96,7 +98,8 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, model, method, tx, s
       a pipeline with device_augment, {'image': uint8, 'label', 'position': int32 [n]}: the
       views are then drawn here (`device_augment.views`).
     rng: raw PRNG key data, uint32 [2] (the run's key; folded with the step here).
-    model, method, tx, schedule, config: static, bound with functools.partial.
+    model, method, tx, config: static, bound with functools.partial (tx from
+      `optim.build_optimizer`).
     axis_name: the mapped axis, or None when not mapped.
 
   Returns:
@@ -127,7 +130,7 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, model, method, tx, s
   extra = method.update_extra(state.extra, params, aux, config=config, axis_name=axis_name)
   grad_norm = optax.tree.norm(grads)
   metrics.update(
-      learning_rate=schedule(state.step),
+      learning_rate=optim.learning_rate(opt_state),  # the rate of this update
       grad_norm=grad_norm,
       param_norm=optax.tree.norm(params),
       update_norm=optax.tree.norm(updates),

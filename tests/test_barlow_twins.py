@@ -130,10 +130,10 @@ def _run(num_devices):
   images, labels = helpers.fashion_mnist('train', 64)
   mapper = parallel.Mapper('shard_map', num_devices)
   model = build_model(config.model, num_classes=10, image_size=28, axis_name=parallel.AXIS)
-  tx, schedule = _optimizer(config)
+  tx, _ = _optimizer(config)
   step_fn = mapper.map_step(functools.partial(
       train_step_lib.train_step, model=model, method=methods.get_method('barlow_twins'), tx=tx,
-      schedule=schedule, config=config, axis_name=parallel.AXIS))
+      config=config, axis_name=parallel.AXIS))
   device_state = mapper.put_state(_initial_state())
   rng = train_step_lib.run_key(config.seed)
   history = []

@@ -5,6 +5,7 @@ table and the tests agree, and reports the count).
 """
 
 import errno
+import json
 import os
 import re
 import signal
@@ -107,6 +108,55 @@ def test_killed_process_resumes_bitwise_exact(uninterrupted, tmp_path):
   _assert_bitwise_equal(state, uninterrupted)
 
 
+@fault('SIGTERM during a time-budget run, resume')
+def test_time_budget_run_resumes_with_its_clock(tmp_path):
+  """The elapsed time of the saved step comes back, so the two parts together spend one budget."""
+  import types  # pylint: disable=g-import-not-at-top
+  from simclr_jax import time_budget  # pylint: disable=g-import-not-at-top
+  now = [0.0]
+  fake = types.SimpleNamespace(perf_counter=lambda: now[0])
+  tick_s, budget_s, stop_at = 6.0, 60.0, 5
+  config = _config(time_budget_minutes=budget_s / 60, log_every_steps=1)
+
+  def tick_and_stop(done):
+    now[0] += tick_s
+    if done == stop_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  original = time_budget.time
+  time_budget.time = fake
+  try:
+    first = train.pretrain(config, str(tmp_path), on_step=tick_and_stop)
+    assert first['preempted'] and first['step'] == stop_at
+    # The clock starts at the end of step 1; the save reads it after step 5's tick.
+    spent = stop_at * tick_s
+    with open(os.path.join(str(tmp_path), 'time_budget.json')) as f:
+      assert json.load(f)[str(stop_at)] == spent
+    resumed = train.pretrain(config, str(tmp_path), on_step=tick_and_stop)
+  finally:
+    time_budget.time = original
+  assert not resumed['preempted']
+  history = resumed['history']
+  assert history[0]['step'] == stop_at + 1
+  assert history[0]['train/budget_progress'] == spent / budget_s  # continued, not restarted
+  # The resumed part spends the rest: its own first step is again uncounted compilation.
+  assert resumed['step'] == stop_at + 1 + int((budget_s - spent) / tick_s)
+  assert history[-1]['train/budget_progress'] == 1.0
+
+
+@fault('resume in the other budget mode')
+@pytest.mark.parametrize('first_minutes,then_minutes', [(0.0, 0.05), (0.05, 0.0)])
+def test_switching_budget_mode_on_resume_is_a_clear_error(first_minutes, then_minutes, tmp_path):
+  train.pretrain(_config(num_train_steps=3, time_budget_minutes=first_minutes), str(tmp_path))
+  steps = checkpoint.Checkpointer(str(tmp_path)).all_steps()
+  with pytest.raises(config_validation.ConfigError, match='time_budget_minutes'):
+    train.pretrain(_config(num_train_steps=3, time_budget_minutes=then_minutes), str(tmp_path))
+  # Nothing was set aside as unreadable.
+  assert checkpoint.Checkpointer(str(tmp_path)).all_steps() == steps
+  assert not [d for d in os.listdir(os.path.join(str(tmp_path), 'checkpoints'))
+              if 'unreadable' in d]
+
+
 @fault('newest checkpoint truncated')
 def test_truncated_newest_checkpoint_falls_back_to_previous(uninterrupted, tmp_path):
   workdir = str(tmp_path)
@@ -185,6 +235,7 @@ BAD_CONFIGS = [
     ('unknown dataset', {'dataset.name': 'no_such_dataset'}, 'no_such_dataset'),
     ('warmup longer than the run', {'optimizer.warmup_epochs': 50.0}, 'warmup'),
     ('batch larger than the dataset', {'batch_size': 512}, 'batch'),
+    ('negative time budget', {'time_budget_minutes': -1.0}, 'time_budget_minutes'),
 ]
 
 

@@ -24,12 +24,11 @@ def _run(num_devices, mapping, steps=3, config=None, device_augment=False):
   mapper = parallel.Mapper(mapping, num_devices)
   model = build_model(config.model, num_classes=10, image_size=28, axis_name=parallel.AXIS)
   method = methods.get_method(config.method)
-  tx, schedule = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
+  tx, _ = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
                                        total_steps=10, steps_per_epoch=4)
   state = train_step_lib.create_train_state(model, method, tx, config, image_shape=(28, 28, 1))
   step_fn = mapper.map_step(functools.partial(
-      train_step_lib.train_step, model=model, method=method, tx=tx, schedule=schedule,
-      config=config, axis_name=parallel.AXIS))
+      train_step_lib.train_step, model=model, method=method, tx=tx, config=config, axis_name=parallel.AXIS))
   device_state = mapper.put_state(state)
   rng = train_step_lib.run_key(config.seed)
   history = []

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from simclr_jax import optim
+from simclr_jax import time_budget
 from simclr_jax import train_step as train_step_lib
 from simclr_jax.data import pipeline
 from simclr_jax.data import sources
@@ -34,9 +35,12 @@ def train_supervised(config: ml_collections.ConfigDict, *, num_steps: int,
                      on_step: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
   """Trains encoder + linear classifier on labelled, augmented views for `num_steps` steps.
 
+  With config.time_budget_minutes > 0 it trains for that wall time instead, the schedule of a
+  `num_steps` run spread over it (simclr_jax/time_budget.py), as pretraining does.
+
   Args:
-    config: a pretraining config (dataset, augment, model, optimizer, batch_size, seed are used;
-      `method`, `loss` and the head are not).
+    config: a pretraining config (dataset, augment, model, optimizer, batch_size, seed,
+      time_budget_minutes are used; `method`, `loss` and the head are not).
     num_steps: optimiser steps (each sees `config.batch_size` images, 2 views each).
     on_step: called with the number of steps done after each step (timing).
 
@@ -61,8 +65,11 @@ def train_supervised(config: ml_collections.ConfigDict, *, num_steps: int,
                            'bias': jnp.zeros((source.num_classes,), jnp.float32)}}
   batch_stats = {'encoder': variables['batch_stats']['encoder']}
   steps_per_epoch = pipeline.steps_per_epoch(source.num_examples, config.batch_size)
-  tx, _ = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
-                                total_steps=num_steps, steps_per_epoch=steps_per_epoch)
+  clock = (time_budget.Clock(config.time_budget_minutes * 60)
+           if config.time_budget_minutes > 0 else None)
+  tx, schedule = optim.build_optimizer(
+      config.optimizer, global_batch_size=config.batch_size, total_steps=num_steps,
+      steps_per_epoch=steps_per_epoch, learning_rate_from_host=clock is not None)
   opt_state = tx.init(params)
 
   def loss_fn(params, batch_stats, images, labels):
@@ -90,19 +97,29 @@ def train_supervised(config: ml_collections.ConfigDict, *, num_steps: int,
 
   batches = pipeline.batches_from_source(
       source, config.augment, image_size=config.dataset.image_size,
-      global_batch_size=config.batch_size, seed=config.seed, end_step=num_steps,
-      device_augment=config.augment.on_device)
+      global_batch_size=config.batch_size, seed=config.seed,
+      end_step=None if clock else num_steps, device_augment=config.augment.on_device)
   t0 = time.time()
   loss = accuracy = jnp.nan
-  for step in range(num_steps):
+  step, progress = 0, 0.0
+  while progress < 1:
+    if clock:
+      opt_state = optim.with_learning_rate(
+          opt_state, jnp.asarray(time_budget.learning_rate(schedule, num_steps, progress)))
     batch = next(batches)
     params, opt_state, batch_stats, loss, accuracy = step_fn(params, opt_state, batch_stats,
                                                              batch, jnp.int32(step))
     if not np.isfinite(float(loss)):  # float() also syncs, so on_step timings are real
       raise FloatingPointError(f'supervised loss became {float(loss)} at step {step}')
+    step += 1
+    if clock:
+      clock.start()  # after the first (compiling) step, as in pretraining
+      progress = clock.progress()
+    else:
+      progress = step / num_steps
     if on_step is not None:
-      on_step(step + 1)
+      on_step(step)
   variables['params']['encoder'] = jax.device_get(params['encoder'])
   variables['batch_stats']['encoder'] = jax.device_get(batch_stats['encoder'])
-  return dict(variables=variables, step=num_steps, train_loss=float(loss),
+  return dict(variables=variables, step=step, train_loss=float(loss),
               train_accuracy=float(accuracy), seconds=time.time() - t0)
