@@ -25,6 +25,11 @@ class CheckpointError(RuntimeError):
   """A checkpoint could not be written; the previous one is intact."""
 
 
+class CheckpointMismatchError(ValueError):
+  """A readable checkpoint holds another state than this run's (another config, or a checkpoint
+  from an older simclr_jax version); nothing is set aside or overwritten."""
+
+
 class Checkpointer:
   """Saves and restores a TrainState-like pytree under `workdir/checkpoints`."""
 
@@ -56,18 +61,80 @@ class Checkpointer:
 
     Returns:
       (step, state), or (None, target) when there is no checkpoint.
+
+    Raises:
+      CheckpointMismatchError: the newest readable step holds another tree or other shapes.
     """
     template = flax.serialization.to_state_dict(jax.device_get(target))
     abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
     for step in reversed(self.all_steps()):
       try:
         restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        return step, flax.serialization.from_state_dict(target, restored)
       except Exception as e:  # pylint: disable=broad-except
+        saved = self._restore_as_saved(step)
+        if saved is not None:  # readable: it is this run's state that differs
+          raise CheckpointMismatchError(self._mismatch(step, saved, template)) from e
         kept = self._set_aside(step)
         logging.warning('checkpoint step %d in %s is unreadable (%s: %s); kept as %s, trying the '
                         'previous one', step, self.directory, type(e).__name__, e, kept)
+        continue
+      if _shapes(restored) != _shapes(template):
+        raise CheckpointMismatchError(self._mismatch(step, restored, template))
+      return step, flax.serialization.from_state_dict(target, restored)
     return None, target
+
+  def restore_latest_parts(self, parts: dict) -> tuple[Optional[int], dict]:
+    """Restores only some top-level entries of the newest readable step, e.g. {'params': ...,
+    'batch_stats': ...} for evaluation, whatever else (optimizer, method state) it holds.
+
+    Args:
+      parts: {name: template pytree}; each is checked against the checkpoint's entry (keys and
+        shapes) and restored into its structure.
+
+    Returns:
+      (step, {name: restored}), or (None, parts) when there is no checkpoint.
+
+    Raises:
+      CheckpointMismatchError: an entry is missing or holds other keys or shapes.
+    """
+    for step in reversed(self.all_steps()):
+      saved = self._restore_as_saved(step)
+      if saved is None:
+        kept = self._set_aside(step)
+        logging.warning('checkpoint step %d in %s is unreadable; kept as %s, trying the previous '
+                        'one', step, self.directory, kept)
+        continue
+      template = {k: flax.serialization.to_state_dict(jax.device_get(v)) for k, v in parts.items()}
+      chosen = {k: saved[k] for k in parts if k in saved}
+      if _shapes(chosen) != _shapes(template):
+        raise CheckpointMismatchError(self._mismatch(step, chosen, template))
+      return step, {k: flax.serialization.from_state_dict(v, jax.device_get(chosen[k]))
+                    for k, v in parts.items()}
+    return None, parts
+
+  def _restore_as_saved(self, step: int) -> Optional[PyTree]:
+    """The step's tree as written (no target), or None when it cannot be read."""
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception:  # pylint: disable=broad-except
+      return None
+
+  def _mismatch(self, step: int, saved: PyTree, template: PyTree) -> str:
+    saved, wanted = _shapes(saved), _shapes(template)
+    only_saved = sorted(set(saved) - set(wanted))
+    only_wanted = sorted(set(wanted) - set(saved))
+    reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    details = '; '.join(
+        f'{what}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""} ({len(keys)})'
+        for what, keys in (('only in the checkpoint', only_saved),
+                           ('only in this run', only_wanted),
+                           ('other shapes', [f'{k} {saved[k]} vs {wanted[k]}' for k in reshaped]))
+        if keys)
+    return (f'the checkpoint of step {step} in {self.directory} is readable but holds another '
+            f'state than this run builds ({details}). It was written with another config (model, '
+            'method, optimizer, time_budget_minutes) or an older simclr_jax: rerun with the '
+            'config that wrote it (the workdir\'s config.json), or use a new --workdir. '
+            'Nothing in the workdir was changed.')
 
   def _set_aside(self, step: int) -> str:
     """Renames an unreadable step out of Orbax's sight (nothing is deleted), so the resumed run
@@ -81,3 +148,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _shapes(tree: PyTree) -> dict:
+  """{'a/b/c': shape} of a nested-dict state."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): np.shape(leaf)
+          for path, leaf in flat}

@@ -60,8 +60,7 @@ class Encoder:
       variables = jax.device_get(train_step_lib.init_variables(
           self.model, image_shape=image_shape, seed=config.seed))
       if config.init == 'pretrained':
-        variables, self.step = _restore_variables(config, config.init_checkpoint or workdir,
-                                                  variables)
+        variables, self.step = _restore_variables(config.init_checkpoint or workdir, variables)
     self.variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
     self.random_init = state is None and config.init == 'random'
 
@@ -94,22 +93,23 @@ class Encoder:
     return self._cache[key]
 
 
-def _restore_variables(config, directory: str, variables):
-  """Params and BN statistics of the newest readable checkpoint under `directory`."""
+def _restore_variables(directory: str, variables):
+  """Params and BN statistics of the newest readable checkpoint under `directory`, into the
+  structure of `variables`; the optimizer and method state in it are not read, so any optimizer
+  or budget setting of the run that wrote it will do."""
   ckpt = checkpoint.Checkpointer(directory)
   if not ckpt.all_steps():
     raise FileNotFoundError(
         f'no checkpoint under {ckpt.directory}: pretrain first (--mode=pretrain), point '
         '--config.init_checkpoint at a pretraining workdir, or evaluate a random-init encoder '
         'with --config.init=random')
-  s = train.setup(config)
-  template = train_step_lib.create_train_state(s.model, s.method, s.tx, config,
-                                               image_shape=s.image_shape)
-  step, state = ckpt.restore_latest(template)
+  step, parts = ckpt.restore_latest_parts({'params': variables['params'],
+                                           'batch_stats': variables['batch_stats'],
+                                           'step': np.zeros((), np.int32)})
   ckpt.close()
   if step is None:
     raise FileNotFoundError(f'no readable checkpoint under {ckpt.directory}')
-  return {'params': state.params, 'batch_stats': state.batch_stats}, int(state.step)
+  return {'params': parts['params'], 'batch_stats': parts['batch_stats']}, int(parts['step'])
 
 
 def _eval_data(config, dataset_config=None):

@@ -164,6 +164,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
              on_step: Optional[Callable[[int], None]] = None) -> dict:
   """Pretrains (resuming from `workdir` if it holds a checkpoint).
 
+  For the config's step count, or with config.time_budget_minutes > 0 until that much wall time
+  has passed since the first step returned, the learning rate set from the clock each step
+  (simclr_jax/time_budget.py).
+
   Args:
     config: a validated-or-not config (validated here).
     workdir: checkpoints, TensorBoard events, config.json.
@@ -176,6 +180,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
   Raises:
     NonFiniteError: NaN/Inf in the loss or gradients.
     checkpoint.CheckpointError: a checkpoint could not be written.
+    checkpoint.CheckpointMismatchError: the workdir's checkpoint holds another config's state.
+    config_validation.ConfigError: a bad config, or a resume in the other budget mode.
   """
   s = setup(config)
   metric_writer.makedirs(workdir)  # local or gs://
@@ -185,8 +191,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
   budget_s = config.time_budget_minutes * 60
   elapsed = _ElapsedLog(workdir)
   elapsed.check_mode(timed=budget_s > 0, has_checkpoints=bool(ckpt.all_steps()))
-  metric_writer.write_json(os.path.join(workdir, 'config.json'), config.to_dict(), merge=False)
   restored_step, state = ckpt.restore_latest(state)
+  metric_writer.write_json(os.path.join(workdir, 'config.json'), config.to_dict(), merge=False)
   start_step = int(state.step)
   if restored_step is not None:
     logging.info('resuming from step %d in %s', start_step, ckpt.directory)

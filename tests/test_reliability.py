@@ -157,6 +157,23 @@ def test_switching_budget_mode_on_resume_is_a_clear_error(first_minutes, then_mi
               if 'unreadable' in d]
 
 
+@fault('checkpoint from another config or version')
+def test_checkpoint_of_another_state_is_a_clear_error_and_kept(tmp_path):
+  workdir = str(tmp_path)
+  train.pretrain(_config(num_train_steps=3), workdir)
+  steps = checkpoint.Checkpointer(workdir).all_steps()
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='other shapes: .*head'):
+    train.pretrain(_config(num_train_steps=3, **{'model.head_out_dim': 8}), workdir)
+  # A tree with other keys (e.g. an older optimizer state layout): named, nothing set aside.
+  ckpt = checkpoint.Checkpointer(workdir)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match='only in the checkpoint'):
+    ckpt.restore_latest({'params': {'w': np.zeros(2, np.float32)}})
+  assert ckpt.all_steps() == steps
+  assert not [d for d in os.listdir(ckpt.directory) if 'unreadable' in d]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['head_out_dim'] == 16  # the config that wrote them, kept
+
+
 @fault('newest checkpoint truncated')
 def test_truncated_newest_checkpoint_falls_back_to_previous(uninterrupted, tmp_path):
   workdir = str(tmp_path)
