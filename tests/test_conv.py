@@ -25,6 +25,12 @@ SHAPES = [
     (3, 2, 1, 2, 2, 4, 6),
     (3, 1, 1, 2, 2, 3, 5),  # fewer pixels than taps: the dense-matrix path
     (3, 1, 1, 3, 2, 3, 5),
+    # 'auto' runs stride-2 convs on 1-3 channels as space-to-depth + a stride-1 native conv:
+    # the Fashion-MNIST stem, and odd kernel / padded sizes where the extra row and column
+    # appear.
+    (7, 2, 3, 28, 28, 1, 8),
+    (5, 2, 2, 11, 11, 2, 4),
+    (3, 2, 0, 10, 9, 1, 3),
 ]
 IMPLS = ('im2col', 'shifted_matmul')
 
@@ -126,8 +132,31 @@ def test_auto_impl_picks_per_layer_on_cpu():
   assert conv_lib.cpu_impl(2, 2, 3, 3, (1, 1), 64) == 'im2col'  # map smaller than the kernel
   assert conv_lib.cpu_impl(1, 1, 3, 3, (1, 1), 64) == 'im2col'
   assert conv_lib.cpu_impl(32, 32, 3, 3, (2, 2), 64) == 'im2col'  # strided
-  assert conv_lib.cpu_impl(28, 28, 7, 7, (2, 2), 1) == 'im2col'  # the ImageNet stem
+  assert conv_lib.cpu_impl(28, 28, 7, 7, (2, 2), 1) == 'space_to_depth'  # the ImageNet stem
+  assert conv_lib.cpu_impl(32, 32, 3, 3, (2, 2), 3) == 'space_to_depth'
+  assert conv_lib.cpu_impl(32, 32, 2, 2, (2, 2), 3) == 'im2col'  # already one tap per 2x2 block
   assert conv_lib.cpu_impl(16, 16, 1, 1, (1, 1), 64) == 'im2col'  # a 1x1 conv is a plain matmul
+
+
+def test_unfused_is_the_identity_and_survives_compilation():
+  """`_unfused` returns its input (NaN included: then the other branch runs), passes the
+  gradient through unchanged, and XLA keeps its cond: the boundary that stops XLA:CPU from
+  fusing the activation's batch norm + ReLU into the weight gradient's transpose."""
+  x = jax.random.normal(jax.random.key(6), (2, 5, 5, 8))
+  np.testing.assert_array_equal(conv_lib._unfused(x), x)  # pylint: disable=protected-access
+  x_nan = x.at[0, 0, 0, 0].set(jnp.nan)
+  np.testing.assert_array_equal(conv_lib._unfused(x_nan), x_nan)  # pylint: disable=protected-access
+  cot = jax.random.normal(jax.random.key(7), x.shape)
+  g = jax.grad(lambda xx: jnp.sum(conv_lib._unfused(xx * 2.0) * cot))(x)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(g, 2.0 * cot)
+  kernel = jax.random.normal(jax.random.key(8), (3, 3, 8, 4))
+
+  def loss(xx, kk):
+    y = conv_lib.conv2d(jax.nn.relu(xx * 1.5 + 0.1), kk, padding=((1, 1), (1, 1)), impl='auto')
+    return jnp.sum(y * y)
+
+  hlo = jax.jit(jax.grad(loss, argnums=1)).lower(x, kernel).compile().as_text()
+  assert 'conditional(' in hlo
 
 
 @pytest.mark.parametrize('impl', IMPLS + ('auto',))

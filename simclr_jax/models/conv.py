@@ -21,6 +21,22 @@ A convolution is a sum of matmuls over the kernel taps, so on CPU it can be writ
   YNNPACK), docs/benchmarks.md. So one config runs fast on a laptop and natively on an
   accelerator.
 
+Two more CPU-only details under 'auto' (same math, bitwise the same forward values for the
+first):
+
+- XLA:CPU's weight gradient of a native convolution needs the input with the batch axis minor
+  ([Cin, H, W, B]), so it transposes the activation. XLA fuses the batch norm + ReLU (+
+  residual) that produced the activation into that transpose, and a transpose fusion with
+  elementwise work runs ~3x slower than a plain transposed copy (~1.0 s of a 3.9 s CIFAR
+  ResNet-18 step at N=128). `_unfused` hands the native conv its input through a `lax.cond`
+  whose two branches both return it (the predicate is never constant to XLA, `x == x` on one
+  element, and either branch gives the same values), a computation boundary fusion cannot
+  cross, so the transpose reads the stored activation. The gradient passes straight through.
+- A stride-2 conv on 1-3 channels (the ImageNet stem, 7x7/2 on grayscale) runs as a stride-1
+  conv on the 2x2 space-to-depth input (`_space_to_depth_conv`: 4x4 kernel, 4 channels, the
+  7x7 kernel zero-padded to 8x8 and regrouped, the extra taps multiply zeros and get no
+  update): the native convolution then replaces 49 single-channel im2col slices.
+
 The ImageNet stem's 3x3/2 max-pool follows the same switch (`max_pool`): XLA:CPU turns the
 gradient of `nn.max_pool` (select-and-scatter) into an index-tracking reduce-window plus a
 scatter, ~75 ms of a ~385 ms Fashion-MNIST step (docs/benchmarks.md); the matmul lowerings use
@@ -82,7 +98,10 @@ MIN_NATIVE_CHANNELS = 8
 def cpu_impl(h: int, w: int, kh: int, kw: int, strides: Sequence[int], cin: int) -> str:
   """What 'auto' runs on the CPU for one conv layer: 'xla' for a stride-1 conv with a kernel
   larger than 1x1 that fits in the [h, w] map and at least MIN_NATIVE_CHANNELS input channels,
-  'im2col' otherwise (module docstring)."""
+  'space_to_depth' for a stride-2 conv with a kernel larger than 2x2 on fewer channels (the
+  stem), 'im2col' otherwise (module docstring)."""
+  if tuple(strides) == (2, 2) and kh > 2 and kw > 2 and cin < MIN_NATIVE_CHANNELS:
+    return 'space_to_depth'
   native = (tuple(strides) == (1, 1) and kh * kw > 1 and h >= kh and w >= kw
             and cin >= MIN_NATIVE_CHANNELS)
   return 'xla' if native else 'im2col'
@@ -152,6 +171,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
   kh, kw, cin, cout = kernel.shape
   if impl == 'auto':
     impl = cpu_impl(x.shape[1], x.shape[2], kh, kw, strides, cin)
+    if impl == 'space_to_depth':
+      return _space_to_depth_conv(x, kernel, padding, precision)
+    if impl == 'xla':
+      x = _unfused(x)
   if impl == 'xla':
     return lax.conv_general_dilated(
         x, kernel, tuple(strides), tuple(tuple(p) for p in padding),
@@ -172,6 +195,53 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     term = jnp.dot(view.reshape(b * ho * wo, cin), kernel[i, j], precision=precision)
     y = term if y is None else y + term
   return y.reshape(b, ho, wo, cout)
+
+
+@jax.custom_vjp
+def _unfused(x: jax.Array) -> jax.Array:
+  """x itself, through a computation boundary XLA's fusion cannot cross (module docstring).
+
+  Both branches return x (the second adds 0.0: the same values, and branches XLA does not merge);
+  the predicate depends on x, so XLA cannot drop the cond. The VJP is the identity.
+  """
+  same = x[(0,) * x.ndim] == x[(0,) * x.ndim]
+  return lax.cond(same, lambda a: a, lambda a: a + 0.0, x)
+
+
+def _unfused_fwd(x):
+  return _unfused(x), None
+
+
+def _unfused_bwd(_, g):
+  return (g,)
+
+
+_unfused.defvjp(_unfused_fwd, _unfused_bwd)
+
+
+def _space_to_depth_conv(x, kernel, padding, precision):
+  """A stride-2 conv as a stride-1 native conv on the 2x2 space-to-depth of the padded input.
+
+  Output pixel (p, q) of the stride-2 conv reads padded rows 2p + i, i < kh. With i = 2a + d
+  (d in {0, 1}) that is row p + a of the space-to-depth map at sub-row d, so the kernel becomes
+  [ceil(kh/2), ceil(kw/2), 4 * Cin, Cout], channel order (d_row, d_col, c), with zeros where
+  2a + d >= kh. The padded input is padded once more by one row / column where its size is odd;
+  the extra output row / column this can add is sliced off.
+  """
+  b, h, w, cin = x.shape
+  kh, kw, _, cout = kernel.shape
+  ho, wo = _output_size(h, w, kh, kw, (2, 2), padding)
+  (plo_h, phi_h), (plo_w, phi_w) = padding
+  eh, ew = (h + plo_h + phi_h) % 2, (w + plo_w + phi_w) % 2
+  x = jnp.pad(x, ((0, 0), (plo_h, phi_h + eh), (plo_w, phi_w + ew), (0, 0)))
+  hs, ws = x.shape[1] // 2, x.shape[2] // 2
+  x = x.reshape(b, hs, 2, ws, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, hs, ws, 4 * cin)
+  ah, aw = (kh + 1) // 2, (kw + 1) // 2
+  k = jnp.pad(kernel, ((0, 2 * ah - kh), (0, 2 * aw - kw), (0, 0), (0, 0)))
+  k = k.reshape(ah, 2, aw, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(ah, aw, 4 * cin, cout)
+  y = lax.conv_general_dilated(_unfused(x), k, (1, 1), ((0, 0), (0, 0)),
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+  return y[:, :ho, :wo, :]
 
 
 def _dense_conv(x, kernel, strides, padding, taps, precision):
