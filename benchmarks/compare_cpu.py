@@ -143,7 +143,8 @@ def main():
   parser.add_argument('--cifar_stem', type=int, choices=(0, 1), default=1,
                       help='1: 3x3/1 stem conv (the issue-10 model); 0: 7x7/2 conv + max-pool '
                       '(configs/fashion_mnist.py).')
-  parser.add_argument('--rounds', type=int, default=5, help='Timed steps per variant.')
+  parser.add_argument('--rounds', type=int, default=5, help='Turns per variant (timed steps: rounds x '
+                      '(steps_per_turn - 1), or rounds when steps_per_turn is 1).')
   parser.add_argument('--warmup_steps', type=int, default=1)
   parser.add_argument('--steps_per_turn', type=int, default=3,
                       help='Steps a variant runs back to back in each turn; with more than one, '

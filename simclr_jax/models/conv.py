@@ -176,9 +176,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     if impl == 'xla':
       x = _unfused(x)
   if impl == 'xla':
-    return lax.conv_general_dilated(
-        x, kernel, tuple(strides), tuple(tuple(p) for p in padding),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+    return _native_conv(x, kernel, strides, padding, precision)
   taps = _live_taps(x.shape[1], x.shape[2], kh, kw, strides, padding)
   if x.shape[1] * x.shape[2] < len(taps):
     return _dense_conv(x, kernel, strides, padding, taps, precision)
@@ -195,6 +193,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     term = jnp.dot(view.reshape(b * ho * wo, cin), kernel[i, j], precision=precision)
     y = term if y is None else y + term
   return y.reshape(b, ho, wo, cout)
+
+
+def _native_conv(x, kernel, strides, padding, precision):
+  """XLA's own convolution, NHWC / HWIO, explicit padding (what nn.Conv runs)."""
+  return lax.conv_general_dilated(x, kernel, tuple(strides), tuple(tuple(p) for p in padding),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
 
 
 @jax.custom_vjp
@@ -239,8 +243,7 @@ def _space_to_depth_conv(x, kernel, padding, precision):
   ah, aw = (kh + 1) // 2, (kw + 1) // 2
   k = jnp.pad(kernel, ((0, 2 * ah - kh), (0, 2 * aw - kw), (0, 0), (0, 0)))
   k = k.reshape(ah, 2, aw, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(ah, aw, 4 * cin, cout)
-  y = lax.conv_general_dilated(_unfused(x), k, (1, 1), ((0, 0), (0, 0)),
-                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+  y = _native_conv(_unfused(x), k, (1, 1), ((0, 0), (0, 0)), precision)
   return y[:, :ho, :wo, :]
 
 
