@@ -114,6 +114,8 @@ def _start(spec: str, args) -> subprocess.Popen:
     flags += f" --xla_force_host_platform_device_count={int(v.get('devices', 1))}"
     flags += ' ' + v.get('flags', '').replace(';', ' ')
   env['XLA_FLAGS'] = flags.strip()
+  if 'preload' in v:  # e.g. preload=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+    env['LD_PRELOAD'] = v['preload']
   env['PYTHONPATH'] = os.pathsep.join(
       [_HERE, os.path.dirname(_HERE), env.get('PYTHONPATH', '')]).strip(os.pathsep)
   cmd = [sys.executable, os.path.abspath(__file__), f'--worker={spec}']

@@ -3,9 +3,10 @@
   python benchmarks/train_loop.py --config=configs/fashion_mnist.py --steps=200 --rounds=3
 
 benchmarks/train_step.py times the step on fixed arrays; this times what a run gets: tf.data
-(sharing the cores with XLA), host-to-device copies, the step, logging. Each variant is a config
-override; runs alternate (A, B, A, B, ...) in fresh processes so that load changes hit every
-variant alike. Default variants: the augmentation in tf.data (`augment.on_device=False`) and
+(sharing the cores with XLA), host-to-device copies, the step, logging. Each variant is a set of
+config overrides (and `env:NAME=value` settings of the worker's environment, such as an
+LD_PRELOAD'ed allocator); runs alternate (A, B, A, B, ...) in fresh processes so that load
+changes hit every variant alike. Default variants: the augmentation in tf.data (`augment.on_device=False`) and
 inside the train step (`augment.on_device=True`). The rate is taken over the steps after
 --skip_steps (compilation and the steps fed from tf.data's buffer filled during it excluded).
 Checkpoints are off (one at the end), so only the loop is timed.
@@ -65,7 +66,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default=os.path.join(ROOT, 'configs', 'fashion_mnist.py'))
   parser.add_argument('--variants', default=';'.join(DEFAULT_VARIANTS),
-                      help='";"-separated variants, each ","-separated key=value overrides')
+                      help='";"-separated variants, each ","-separated key=value config '
+                      'overrides and env:NAME=value settings of the worker\'s environment '
+                      '(e.g. env:LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)')
   parser.add_argument('--steps', type=int, default=200)
   parser.add_argument('--skip_steps', type=int, default=50)
   parser.add_argument('--rounds', type=int, default=3)
@@ -79,9 +82,14 @@ def main():
   rates = {v: [] for v in variants}
   for _ in range(args.rounds):
     for variant in variants:
+      items = [o for o in variant.split(',') if o]
+      env = dict(os.environ, **dict(o[len('env:'):].split('=', 1) for o in items
+                                    if o.startswith('env:')))
+      overrides = ','.join(o for o in items if not o.startswith('env:'))
       out = subprocess.run([sys.executable, __file__, f'--config={args.config}',
                             f'--steps={args.steps}', f'--skip_steps={args.skip_steps}',
-                            f'--worker={variant}'], capture_output=True, text=True, check=False)
+                            f'--worker={overrides}'], capture_output=True, text=True, check=False,
+                           env=env)
       line = [l for l in out.stdout.splitlines() if l.startswith('RATE ')]
       if not line:
         raise RuntimeError(f'variant {variant!r} failed:\n{out.stderr[-3000:]}')

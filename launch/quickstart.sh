@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 workdir="${1:-/tmp/simclr_fashion_mnist}"
 shift || true
 bash launch/install.sh requirements.txt
-export TF_CPP_MIN_LOG_LEVEL=2
+source launch/cpu_env.sh  # tcmalloc preloaded, TF quiet
 python3 -m simclr_jax.main --config=configs/fashion_mnist.py --workdir="$workdir" "$@"

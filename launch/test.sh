@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install.sh requirements-dev.txt
-export TF_CPP_MIN_LOG_LEVEL=2
+source launch/cpu_env.sh  # tcmalloc preloaded (where installed), TF quiet
 python3 -m pytest -q -p no:cacheprovider tests "$@"

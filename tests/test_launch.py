@@ -161,3 +161,34 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
   assert any('image/png' in o.get('data', {}) for o in outputs)  # the preview and the curve
   assert not any(o.output_type == 'error' for o in outputs)
+
+
+_TCMALLOC = '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4'
+
+
+def _sourced_env(env):
+  out = subprocess.run(['bash', '-c', 'source launch/cpu_env.sh && echo "LD_PRELOAD=$LD_PRELOAD" '
+                        '&& echo "TF=$TF_CPP_MIN_LOG_LEVEL"'], capture_output=True, text=True,
+                       env=env, cwd=_ROOT, check=True).stdout
+  return dict(line.split('=', 1) for line in out.splitlines())
+
+
+@pytest.mark.skipif(not os.path.exists(_TCMALLOC),
+                    reason='tcmalloc not installed (bash launch/install.sh installs it)')
+def test_cpu_env_preloads_tcmalloc_and_keeps_what_the_user_set():
+  env = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'TF_CPP_MIN_LOG_LEVEL')}
+  assert _sourced_env(env) == {'LD_PRELOAD': _TCMALLOC, 'TF': '2'}
+  mine = dict(env, LD_PRELOAD='/opt/my_alloc.so', TF_CPP_MIN_LOG_LEVEL='0')
+  assert _sourced_env(mine) == {'LD_PRELOAD': '/opt/my_alloc.so', 'TF': '0'}
+
+
+@pytest.mark.skipif(not os.path.exists(_TCMALLOC),
+                    reason='tcmalloc not installed (bash launch/install.sh installs it)')
+def test_python_under_cpu_env_runs_on_tcmalloc():
+  # The preload takes effect in the processes the launch scripts start, JAX included.
+  script = ('import jax.numpy as jnp; print(float(jnp.ones((512, 512)).sum()));'
+            'print(any("tcmalloc" in l for l in open("/proc/self/maps")))')
+  out = subprocess.run(['bash', '-c', f'source launch/cpu_env.sh && python3 -c \'{script}\''],
+                       capture_output=True, text=True, cwd=_ROOT, check=True,
+                       env={k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}).stdout
+  assert out.split() == ['262144.0', 'True']
