@@ -17,7 +17,9 @@ Variant syntax: `torch[:threads=T][:format=contiguous]`, or
 `jax:<conv_impl>[:devices=D][:flags=<extra XLA flags, ';' for spaces>]`, or `ceiling` (a
 2048^3 float32 jitted matmul, the machine's matmul ceiling, timed in the same turns so it sees
 the same load). FLOPs per step are XLA's cost analysis of the 'xla' step (the same math for
-every variant), so ceiling_fraction compares like with like.
+every variant), so ceiling_fraction compares like with like. Any torch or jax variant takes
+`:preload=<shared library>`, its worker's LD_PRELOAD (e.g. tcmalloc, which launch/cpu_env.sh
+preloads for CPU training: compare both sides with and without it).
 
 Prints one table and one JSON line.
 """
