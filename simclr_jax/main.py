@@ -49,6 +49,9 @@ def main(argv):
                                         FLAGS.process_id)
   logging.info('process %d of %d; devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
+  advice = xla_setup.allocator_advice(jax.default_backend())
+  if advice:
+    logging.warning(advice)
   results = run.train_and_evaluate(FLAGS.config, FLAGS.workdir, mode=FLAGS.mode)
   if results.get('preempted'):
     # Non-zero, so `main && next_step` does not go on with an unfinished run.

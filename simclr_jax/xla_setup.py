@@ -12,6 +12,10 @@ feeds a fused reduction; writing the output, as every ResNet layer does, it drop
 and its weight gradient to ~40; the SimCLR step of a CIFAR-stem ResNet-18 runs 1.7x faster
 without it. Dots stay on YNNPACK (the matmul lowerings of simclr_jax/models/conv.py use them).
 The flag only concerns the CPU backend; TPU and GPU programs are unchanged.
+
+`allocator_advice` is the other half of the CPU runtime: the allocator cannot be changed once a
+process runs, so `simclr_jax.main` only says (a warning) when a CPU run is on glibc's malloc and
+how to preload tcmalloc (launch/cpu_env.sh).
 """
 
 import os
@@ -62,4 +66,32 @@ def apply_xla_flags(extra: str, environ=None) -> str:
   return environ.get('XLA_FLAGS', '')
 
 
-__all__ = ('apply_xla_flags', 'merged_xla_flags')
+_FAST_ALLOCATORS = ('tcmalloc', 'jemalloc', 'mimalloc')
+
+
+def allocator_advice(backend: str, maps_path: str = '/proc/self/maps') -> str | None:
+  """What to do when a CPU run has glibc's malloc, or None (another backend or allocator).
+
+  XLA:CPU allocates each step's buffers afresh; glibc maps every buffer over 32 MB freshly and
+  unmaps it when freed, so each step page-faults and zeroes its memory again. A caching
+  allocator keeps the memory: +26 % steps/s for the CPU default on 2 cores (docs/scaling.md).
+
+  Args:
+    backend: jax.default_backend().
+    maps_path: the process's memory map (Linux); unreadable means no advice.
+  """
+  if backend != 'cpu':
+    return None
+  try:
+    with open(maps_path) as f:
+      maps = f.read()
+  except OSError:
+    return None
+  if any(name in maps for name in _FAST_ALLOCATORS):
+    return None
+  return ('CPU run on the system malloc: every step page-faults its buffers afresh. '
+          '`source launch/cpu_env.sh` before the command preloads tcmalloc (launch/install.sh '
+          'installs it): +26 % steps/s for the CPU default on 2 cores (docs/scaling.md).')
+
+
+__all__ = ('allocator_advice', 'apply_xla_flags', 'merged_xla_flags')

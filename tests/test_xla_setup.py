@@ -70,3 +70,16 @@ def test_the_flag_moves_convolutions_off_ynnpack_in_a_fresh_process():
   default = base.get_config().xla_flags
   assert not _ynn_conv_in_a_fresh_process('', default)
   assert _ynn_conv_in_a_fresh_process(f'{YNN}=+individual_convolution', default)
+
+
+def test_allocator_advice_only_for_a_cpu_run_on_the_system_malloc(tmp_path):
+  glibc = tmp_path / 'maps_glibc'
+  glibc.write_text('7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n')
+  tcmalloc = tmp_path / 'maps_tcmalloc'
+  tcmalloc.write_text(glibc.read_text() + '7f02-7f03 r-xp 00000000 08:01 2 '
+                      '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n')
+  advice = xla_setup.allocator_advice('cpu', str(glibc))
+  assert 'source launch/cpu_env.sh' in advice
+  assert xla_setup.allocator_advice('cpu', str(tcmalloc)) is None
+  assert xla_setup.allocator_advice('gpu', str(glibc)) is None
+  assert xla_setup.allocator_advice('cpu', str(tmp_path / 'absent')) is None
