@@ -6,10 +6,10 @@ benchmarks/train_step.py times the step on fixed arrays; this times what a run g
 (sharing the cores with XLA), host-to-device copies, the step, logging. Each variant is a set of
 config overrides (and `env:NAME=value` settings of the worker's environment, such as an
 LD_PRELOAD'ed allocator); runs alternate (A, B, A, B, ...) in fresh processes so that load
-changes hit every variant alike. Default variants: the augmentation in tf.data (`augment.on_device=False`) and
-inside the train step (`augment.on_device=True`). The rate is taken over the steps after
---skip_steps (compilation and the steps fed from tf.data's buffer filled during it excluded).
-Checkpoints are off (one at the end), so only the loop is timed.
+changes hit every variant alike. Default variants: the augmentation in tf.data
+(`augment.on_device=False`) and inside the train step (`augment.on_device=True`). The rate is
+taken over the steps after --skip_steps (compilation and the steps fed from tf.data's buffer
+filled during it excluded). Checkpoints are off (one at the end), so only the loop is timed.
 
 Prints a table and one JSON line: per variant the rates of every round and their median.
 """

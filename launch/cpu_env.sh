@@ -8,13 +8,15 @@
 # (issue 10, session 9). launch/install.sh installs it (Debian: libtcmalloc-minimal4).
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 if [ -z "${LD_PRELOAD:-}" ]; then
-  for _lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/*/libtcmalloc_minimal.so.4; do
+  for _lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+      /usr/lib/*/libtcmalloc_minimal.so.4; do
     if [ -f "$_lib" ]; then
       export LD_PRELOAD="$_lib"
       # tcmalloc reports every allocation over 1 GiB on stderr by default; the step has several.
-      export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:-1099511627776}"
+      _quiet=1099511627776  # 1 TiB
+      export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:-$_quiet}"
       break
     fi
   done
-  unset _lib
+  unset _lib _quiet
 fi

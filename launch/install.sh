@@ -22,7 +22,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
     $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
   else
     echo "No apt-get: Fashion-MNIST will come from TFDS (needs internet) or --config.dataset.data_dir;" \
-      "CPU training runs on the system allocator (install tcmalloc for ~10 % more steps/s)." >&2
+      "CPU training runs on the system allocator (tcmalloc gives the CPU default +26 % steps/s)." >&2
   fi
 fi
 python3 -m pip install -q --disable-pip-version-check -r "$requirements"
