@@ -1,7 +1,7 @@
 """Throughput of the project's own SimCLR train step (the real mapped step, not a copy).
 
   python benchmarks/train_step.py --depth=18 --width_multiplier=1 --image_size=32 \
-    --batch_size=128 --num_devices=1 [--conv_impl=xla|im2col|shifted_matmul]
+    --batch_size=128 --num_devices=1 [--conv_impl=xla|im2col|shifted_matmul|onednn|auto]
 
 Prints a short table and one JSON line: images_per_s (views per second: 2N per step),
 step_s_median/min/max over --steps timed steps after warm-up, compile_s, peak_rss_mb,
@@ -58,7 +58,7 @@ flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
 flags.DEFINE_float('peak_flops', 0.0, 'Accelerator peak FLOP/s for MFU (0: measure a CPU '
                    'matmul ceiling).')
 flags.DEFINE_string('cifar_stem', 'auto', 'auto | true | false.')
-flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'im2col', 'shifted_matmul', 'auto'],
+flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'im2col', 'shifted_matmul', 'onednn', 'auto'],
                   'How convolutions are lowered (config.model.conv_impl).')
 FLAGS = flags.FLAGS
 

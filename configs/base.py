@@ -119,9 +119,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.negative_mining = 'none'  # nt_logistic, margin_triplet: none | semi_hard
 
   # How the encoder's convolutions are lowered (simclr_jax/models/conv.py): xla (nn.Conv; TPU,
-  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs) | auto (xla off the CPU;
-  # on the CPU per layer, conv.cpu_impl: native for stride-1 convs that fit the map and have >= 8
-  # input channels, im2col for the others).
-  # Same parameters and math in all four. docs/benchmarks.md.
+  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs) | onednn (oneDNN's
+  # kernels as XLA custom calls, CPU float32, opt-in: simclr_jax/kernels/onednn.py) | auto (xla
+  # off the CPU; on the CPU per layer, conv.cpu_impl: native for stride-1 convs that fit the map
+  # and have >= 8 input channels, im2col for the others).
+  # Same parameters and math in all five. docs/benchmarks.md.
   c.model.conv_impl = 'auto'
   return c

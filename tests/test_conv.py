@@ -46,7 +46,7 @@ def _ours(kernel_size, stride, pad, cout, impl):
                        impl=impl)
 
 
-@pytest.mark.parametrize('impl', IMPLS + ('auto',))
+@pytest.mark.parametrize('impl', IMPLS + ('auto', 'onednn'))
 @pytest.mark.parametrize('shape', SHAPES)
 def test_forward_and_gradient_equal_nn_conv(shape, impl):
   k, s, p, h, w, cin, cout = shape

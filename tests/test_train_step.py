@@ -70,6 +70,16 @@ def test_eight_devices_equal_one_device(one_device):
   assert hist1[-1]['update_norm'] > 0
 
 
+def test_onednn_convolutions_on_eight_devices_equal_one_device_on_xla_convolutions(one_device):
+  """conv_impl='onednn' (custom calls inside the per-core step) on 8 simulated devices gives
+  the losses and parameters of the default convolutions on 1 device."""
+  state1, hist1 = one_device
+  state8, hist8 = _run(8, 'shard_map', config=helpers.tiny_config(**{'model.conv_impl': 'onednn'}))
+  for m1, m8 in zip(hist1, hist8):
+    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  _assert_states_close(state8, state1, rtol=1e-4)
+
+
 def test_pmap_equals_shard_map(one_device):
   state1, hist1 = one_device
   state_p, hist_p = _run(8, 'pmap')

@@ -13,6 +13,11 @@ A convolution is a sum of matmuls over the kernel taps, so on CPU it can be writ
   accumulations.
 - 'xla': `lax.conv_general_dilated`, what `nn.Conv` does (the default; the right choice on
   TPU/GPU, where the convolution units are the fast path).
+- 'onednn': oneDNN's convolution primitives (what PyTorch's CPU convolutions run on) in all three
+  directions, as XLA custom calls (simclr_jax/kernels/onednn.py), CPU and float32 only. Opt-in:
+  on the 2-core AVX2 machine it was measured on it is slower than 'auto' for the whole step
+  (docs/benchmarks.md, issue 10, session 10); it is there for CPUs where Eigen's weight gradient
+  is the bottleneck (AVX-512: ~128 GFLOP/s against oneDNN's ~330 in session 9's profile).
 - 'auto': 'xla' off the CPU; on the CPU, per layer (`cpu_impl`): XLA's native convolution for
   a stride-1 conv whose kernel fits in the map and has at least 8 input channels, 'im2col' for
   strided convs, 1x1 convs, the 1-3 channel stem and maps smaller than the kernel (where the
@@ -64,7 +69,9 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul', 'auto')
+from simclr_jax.kernels import onednn as onednn_lib
+
+CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul', 'onednn', 'auto')
 
 Padding = Sequence[tuple[int, int]]
 
@@ -160,7 +167,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     kernel: [kh, kw, Cin, Cout] (nn.Conv's layout).
     strides: (sh, sw).
     padding: ((lo_h, hi_h), (lo_w, hi_w)) explicit zero padding.
-    impl: 'xla' | 'im2col' | 'shifted_matmul' | 'auto' (see the module docstring).
+    impl: 'xla' | 'im2col' | 'shifted_matmul' | 'onednn' | 'auto' (module docstring).
     precision: passed to the matmuls / convolution.
 
   Returns:
@@ -177,6 +184,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
       x = _unfused(x)
   if impl == 'xla':
     return _native_conv(x, kernel, strides, padding, precision)
+  if impl == 'onednn':
+    return onednn_lib.conv2d(x, kernel, tuple(strides), tuple(tuple(p) for p in padding))
   taps = _live_taps(x.shape[1], x.shape[2], kh, kw, strides, padding)
   if x.shape[1] * x.shape[2] < len(taps):
     return _dense_conv(x, kernel, strides, padding, taps, precision)
