@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: install, pretrain SimCLR on real Fashion-MNIST (CPU default,
-# 7-11 min on 2 cores), run linear evaluation and print linear-eval top-1 beside the raw-pixel
+# 7-13 min on 2 cores), run linear evaluation and print linear-eval top-1 beside the raw-pixel
 # baseline of the same run.
 # Usage: bash launch/quickstart.sh [workdir, default /tmp/simclr_fashion_mnist] [--config.x=y ...]
 set -euo pipefail
