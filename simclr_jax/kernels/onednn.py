@@ -145,17 +145,13 @@ def require() -> None:
     raise OnednnUnavailableError(_state['error'])
 
 
-def _attributes(strides, padding):
-  (pad_top, pad_bottom), (pad_left, pad_right) = padding
-  return dict(stride_h=int(strides[0]), stride_w=int(strides[1]), pad_top=int(pad_top),
-              pad_bottom=int(pad_bottom), pad_left=int(pad_left), pad_right=int(pad_right))
-
-
 def _call(direction, out_shape, a, b, strides, padding):
+  (pad_top, pad_bottom), (pad_left, pad_right) = padding
   # FFI attributes must be NumPy scalars of a fixed width.
-  attributes = {k: np.int64(v) for k, v in _attributes(strides, padding).items()}
-  return jax.ffi.ffi_call(_TARGETS[direction][0],
-                          jax.ShapeDtypeStruct(out_shape, jnp.float32))(a, b, **attributes)
+  attributes = dict(stride_h=strides[0], stride_w=strides[1], pad_top=pad_top,
+                    pad_bottom=pad_bottom, pad_left=pad_left, pad_right=pad_right)
+  return jax.ffi.ffi_call(_TARGETS[direction][0], jax.ShapeDtypeStruct(out_shape, jnp.float32))(
+      a, b, **{k: np.int64(v) for k, v in attributes.items()})
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -181,24 +177,10 @@ def _conv2d_fwd(x, kernel, strides, padding):
   return conv2d(x, kernel, strides, padding), (x, kernel)
 
 
-def input_grad(dy: jax.Array, kernel: jax.Array, x_shape: Sequence[int], strides,
-               padding) -> jax.Array:
-  """The gradient of `conv2d` with respect to its input (shape `x_shape`), given dy."""
-  require()
-  return _call('backward_data', tuple(x_shape), dy, kernel, strides, padding)
-
-
-def weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], strides,
-                padding) -> jax.Array:
-  """The gradient of `conv2d` with respect to its kernel (shape `kernel_shape`), given dy."""
-  require()
-  return _call('backward_weights', tuple(kernel_shape), x, dy, strides, padding)
-
-
 def _conv2d_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
-  return (input_grad(dy, kernel, x.shape, strides, padding),
-          weight_grad(x, dy, kernel.shape, strides, padding))
+  return (_call('backward_data', x.shape, dy, kernel, strides, padding),
+          _call('backward_weights', kernel.shape, x, dy, strides, padding))
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
