@@ -4,6 +4,9 @@
   # development: half a minute per method, small evaluation subsets
   python benchmarks/quality.py --pretrain_minutes=0.5 --eval_train_examples=2000 \
     --eval_test_examples=1000 --finetune_steps=20
+  # the margin over the baselines at 1%, 10% and 100% labels (fine-tuning steps per fraction)
+  python benchmarks/quality.py --pretrain_minutes=15 --methods=simclr \
+    --rows=ssl,random_init,pixels --fractions=0.01,0.1,1 --finetune_steps=500,1000,2000
 
 Rows (flag --rows; SSL methods with --methods):
   simclr, moco, barlow_twins  configs/{fashion_mnist,moco_fashion_mnist,
@@ -41,7 +44,12 @@ config.eval.finetune_learning_rate; the random-init encoder at RANDOM_INIT_FINET
 rate of a sweep for training from scratch (docs/benchmarks.md), so that baseline is not weakened
 by a rate meant for pretrained weights.
 
-Prints one markdown table and one JSON line (all figures, the step counts and the load average).
+--fractions adds linear-probe and fine-tuning columns at other label fractions (fine-tuning steps
+per fraction from --finetune_steps) and a table of each pretrained row's margin there: frozen
+probe minus pixels' probe, fine-tuned minus the better of pixels' probe and the random-init
+encoder fine-tuned alike (the issue's "largest margin at 1% labels").
+
+Prints the markdown tables and one JSON line (all figures, the step counts and the load average).
 """
 
 import datetime
@@ -81,7 +89,6 @@ from simclr_jax.models import resnet
 CONFIGS = {'simclr': fashion_mnist, 'moco': moco_fashion_mnist,
            'barlow_twins': barlow_twins_fashion_mnist}
 ALL_ROWS = ('ssl', 'random_init', 'pixels', 'supervised', 'lightly')
-LABEL_FRACTION = 0.01  # 1% of Fashion-MNIST's 60,000 = 60 labels per class
 NUM_PRETRAIN_EXAMPLES = 60000  # Fashion-MNIST's training split, all of it used for pretraining
 # Fine-tuning a random-init encoder on 600 labels, swept 0.01..0.2 (docs/benchmarks.md, session
 # 4): 0.1 was best (0.793, mean of 3 seeds); the pretrained encoders' 0.01 gives it 0.762.
@@ -95,7 +102,11 @@ flags.DEFINE_string('workdir', '/tmp/simclr_quality', 'Checkpoints, features, re
 flags.DEFINE_integer('eval_train_examples', -1, '> 0: evaluate on the first n training images '
                      '(development only; the 1% subset is then 1% of n).')
 flags.DEFINE_integer('eval_test_examples', -1, '> 0: evaluate on the first n test images.')
-flags.DEFINE_integer('finetune_steps', -1, '> 0: override config.eval.finetune_steps (dev).')
+flags.DEFINE_list('fractions', ['0.01'], 'Label fractions of the few-label columns: linear probe '
+                  '(mean over config.eval.label_subsets subsets; 1 = the 100% probe) and '
+                  'fine-tuning at each. 0.01,0.1,1 adds the margin-by-label-fraction table.')
+flags.DEFINE_list('finetune_steps', [], 'Fine-tuning steps: one value for every fraction or one '
+                  'per --fractions entry; empty: config.eval.finetune_steps.')
 flags.DEFINE_integer('finetune_seeds', 3, 'Fine-tune runs per row (seeds 0..n-1); the column '
                      'is their mean.')
 flags.DEFINE_integer('seed', 0, 'config.seed of every row (pretraining, batch order, '
@@ -106,12 +117,33 @@ flags.DEFINE_string('torch_python', sys.executable, 'Interpreter with torch (and
 
 def _base_config(method: str = 'simclr'):
   config = CONFIGS[method].get_config()
-  config.eval.finetune_fraction = LABEL_FRACTION
   config.eval.pixel_baseline = False  # its own row
   config.seed = FLAGS.seed
-  if FLAGS.finetune_steps > 0:
-    config.eval.finetune_steps = FLAGS.finetune_steps
   return config
+
+
+def _fractions() -> list[float]:
+  """--fractions as floats (0.01 = 1% = 60 labels per class of Fashion-MNIST's 60,000)."""
+  fractions = [float(f) for f in FLAGS.fractions]
+  if not fractions or any(not 0 < f <= 1 for f in fractions):
+    raise app.UsageError(f'--fractions must be in (0, 1], got {FLAGS.fractions}')
+  return fractions
+
+
+def finetune_steps(fractions: list[float], steps: list[str], default: int) -> dict[float, int]:
+  """Fine-tuning steps per label fraction: `steps` (--finetune_steps) has one value for every
+  fraction or one per fraction; empty means `default` (config.eval.finetune_steps)."""
+  counts = [int(s) for s in steps] or [default]
+  if len(counts) == 1:
+    counts = counts * len(fractions)
+  if len(counts) != len(fractions) or min(counts) < 1:
+    raise app.UsageError(f'--finetune_steps needs one positive value or one per --fractions '
+                         f'entry ({fractions}), got {steps}')
+  return dict(zip(fractions, counts))
+
+
+def _finetune_steps(config) -> dict[float, int]:
+  return finetune_steps(_fractions(), FLAGS.finetune_steps, config.eval.finetune_steps)
 
 
 class _StepTimer:
@@ -179,21 +211,26 @@ def _pretrain_supervised(data):
 
 
 def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
-  """Linear 100%, linear 1% and kNN on frozen features: one protocol for every row."""
+  """Linear 100%, linear at each --fractions < 1 and kNN on frozen features: one protocol for
+  every row."""
   train_x, train_y, test_x, test_y, num_classes = data
   del train_x, test_x
   full = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=num_classes,
                                 l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
-  few = linear_lib.label_fraction_eval(
-      train_f, train_y, test_f, test_y, fraction=LABEL_FRACTION,
-      seeds=range(config.seed, config.seed + config.eval.label_subsets), num_classes=num_classes,
-      l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+  out = {'linear_100pct_top1': full['top1']}
+  for fraction in [f for f in _fractions() if f < 1]:
+    few = linear_lib.label_fraction_eval(
+        train_f, train_y, test_f, test_y, fraction=fraction,
+        seeds=range(config.seed, config.seed + config.eval.label_subsets),
+        num_classes=num_classes, l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+    key = f'linear_{run._percent(fraction)}'  # pylint: disable=protected-access
+    out.update({f'{key}_top1': few['top1'], f'{key}_top1_std': few['top1_std'],
+                f'{key}_top1_runs': few['top1_runs'], f'{key}_num_labels': few['num_labels']})
   k = config.eval.knn_k[0]
-  knn = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=k,
-                         temperature=config.eval.knn_temperature, num_classes=num_classes)
-  return {'linear_100pct_top1': full['top1'], 'linear_1pct_top1': few['top1'],
-          'linear_1pct_top1_std': few['top1_std'], 'linear_1pct_top1_runs': few['top1_runs'],
-          'linear_1pct_num_labels': few['num_labels'], f'knn{k}_top1': knn}
+  out[f'knn{k}_top1'] = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=k,
+                                         temperature=config.eval.knn_temperature,
+                                         num_classes=num_classes)
+  return out
 
 
 def _evaluate_encoder(config, encoder: run.Encoder, data, workdir: str) -> dict:
@@ -206,17 +243,21 @@ def _evaluate_encoder(config, encoder: run.Encoder, data, workdir: str) -> dict:
 
 
 def _finetune_metrics(config, encoder: run.Encoder, data, workdir: str) -> dict:
-  """Fine-tune 1%: the mean of --finetune_seeds runs of `run.finetune` (config.seed = 0, 1, ...)."""
-  out = {}
-  runs = []
-  for seed in range(FLAGS.finetune_seeds):
-    seeded = config.copy_and_resolve_references()
-    seeded.seed = seed
-    ft = run.finetune(seeded, workdir, encoder=encoder, data=data)
-    runs.append(ft[f'{run._prefix(seeded)}finetune_1pct_top1'])  # pylint: disable=protected-access
-  out['finetune_1pct_top1'] = float(np.mean(runs))
-  out['finetune_1pct_top1_runs'] = runs
-  out['finetune_learning_rate'] = config.eval.finetune_learning_rate
+  """Fine-tuning at each --fractions: the mean of --finetune_seeds runs of `run.finetune`
+  (config.seed = 0, 1, ...)."""
+  out = {'finetune_learning_rate': config.eval.finetune_learning_rate}
+  for fraction, steps in _finetune_steps(config).items():
+    key = f'finetune_{run._percent(fraction)}_top1'  # pylint: disable=protected-access
+    runs = []
+    for seed in range(FLAGS.finetune_seeds):
+      seeded = config.copy_and_resolve_references()
+      seeded.seed = seed
+      seeded.eval.finetune_fraction = fraction
+      seeded.eval.finetune_steps = steps
+      ft = run.finetune(seeded, workdir, encoder=encoder, data=data)
+      runs.append(ft[run._prefix(seeded) + key])  # pylint: disable=protected-access
+    out.update({key: float(np.mean(runs)), f'{key}_runs': runs,
+                key.replace('_top1', '_steps'): steps})
   return out
 
 
@@ -405,20 +446,51 @@ def _fmt(value, spec='.4f') -> str:
   return format(value, spec) if isinstance(value, (int, float)) else '-'
 
 
-def _table(rows: dict) -> str:
-  header = ('| method | pretrain minutes | images/s | linear top-1 (100% labels) | '
-            'linear top-1 (1% labels, 60/class, mean of subsets) | kNN-20 top-1 | '
-            'fine-tune 1% top-1 (mean) |')
-  lines = [header, '|' + '---|' * 7]
+def table(rows: dict, fractions: list[float]) -> str:
+  """The markdown table: a row per method, the few-label columns at `fractions`."""
+  pct = run._percent  # pylint: disable=protected-access
+  few = [f for f in fractions if f < 1]
+  header = (['method', 'pretrain minutes', 'images/s', 'linear top-1 (100% labels)']
+            + [f'linear top-1 ({pct(f)[:-3]}% labels, mean of subsets)' for f in few]
+            + ['kNN-20 top-1'] + [f'fine-tune {pct(f)[:-3]}% top-1 (mean)' for f in fractions])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for name, r in rows.items():
     if 'blocked' in r:
-      lines.append(f'| {name} | blocked: {r["blocked"]} ||||||')
+      lines.append(f'| {name} | blocked: {r["blocked"]} |' + '|' * (len(header) - 2))
       continue
     knn_key = next((k for k in r if k.startswith('knn')), None)
-    lines.append(f'| {name} | {_fmt(r.get("pretrain_minutes"), ".2f")} | '
-                 f'{_fmt(r.get("images_per_s"), ".0f")} | {_fmt(r["linear_100pct_top1"])} | '
-                 f'{_fmt(r["linear_1pct_top1"])} | {_fmt(r.get(knn_key))} | '
-                 f'{_fmt(r.get("finetune_1pct_top1"))} |')
+    cells = ([name, _fmt(r.get('pretrain_minutes'), '.2f'), _fmt(r.get('images_per_s'), '.0f'),
+              _fmt(r['linear_100pct_top1'])]
+             + [_fmt(r[f'linear_{pct(f)}_top1']) for f in few] + [_fmt(r.get(knn_key))]
+             + [_fmt(r.get(f'finetune_{pct(f)}_top1')) for f in fractions])
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def margin_table(rows: dict, fractions: list[float]) -> str:
+  """Each pretrained row's margin over the baselines at each label fraction (the issue's "largest
+  margin at 1% labels"): frozen linear probe minus raw pixels' probe, and fine-tuning minus the
+  better of raw pixels' probe and the random-init encoder fine-tuned alike. '' without the
+  baseline rows."""
+  pct = run._percent  # pylint: disable=protected-access
+  pixels, scratch = rows.get('pixels'), rows.get('random_init')
+  if not pixels or 'blocked' in pixels:
+    return ''
+  header = ('| labels | method | raw pixels, linear | random-init, fine-tuned | linear | '
+            'fine-tuned | linear - pixels | fine-tuned - best baseline |')
+  lines = [header, '|' + '---|' * 8]
+  for f in sorted(set(fractions) | {1.0}):
+    lin, ft = f'linear_{pct(f)}_top1', f'finetune_{pct(f)}_top1'
+    base_ft = scratch.get(ft) if scratch else None
+    for name, r in rows.items():
+      if name in ('pixels', 'random_init', 'supervised') or 'blocked' in r:
+        continue
+      best = max(pixels[lin], base_ft) if base_ft is not None else pixels[lin]
+      d_lin = 100 * (r[lin] - pixels[lin])
+      d_ft = 100 * (r[ft] - best) if ft in r else None
+      lines.append(f'| {pct(f)[:-3]}% | {name} | {_fmt(pixels[lin])} | {_fmt(base_ft)} | '
+                   f'{_fmt(r[lin])} | {_fmt(r.get(ft))} | {d_lin:+.2f} | '
+                   f'{_fmt(d_ft, "+.2f")} |')
   return '\n'.join(lines)
 
 
@@ -438,7 +510,9 @@ def main(argv):
       benchmark='quality_fashion_mnist', date=datetime.date.today().isoformat(),
       command=' '.join([os.path.basename(sys.executable)] + sys.argv),
       pretrain_minutes_budget=FLAGS.pretrain_minutes, budget='wall time (time_budget_minutes)',
-      finetune_steps=_base_config().eval.finetune_steps, finetune_seeds=FLAGS.finetune_seeds,
+      fractions=_fractions(),
+      finetune_steps={run._percent(f): n for f, n in _finetune_steps(_base_config()).items()},  # pylint: disable=protected-access
+      finetune_seeds=FLAGS.finetune_seeds,
       eval_train_examples=int(len(data[1])), eval_test_examples=int(len(data[3])),
       load_average_start=load_start, cpu_count=os.cpu_count(), rows=rows)
   for name in _row_order():
@@ -450,8 +524,11 @@ def main(argv):
     result.update(load_average_end=os.getloadavg(), total_minutes=(time.time() - t_start) / 60)
     with open(os.path.join(FLAGS.workdir, 'quality.json'), 'w') as f:
       json.dump(result, f, indent=1)
-    print(_table({name: rows[name]}).splitlines()[-1], flush=True)
-  print(_table(rows))
+    print(table({name: rows[name]}, _fractions()).splitlines()[-1], flush=True)
+  print(table(rows, _fractions()))
+  margins = margin_table(rows, _fractions())
+  if margins:
+    print('\nMargins by label fraction (points):\n' + margins)
   print(json.dumps(result))
 
 
