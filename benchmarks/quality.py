@@ -75,6 +75,7 @@ import tensorflow as tf
 from configs import barlow_twins_fashion_mnist
 from configs import fashion_mnist
 from configs import moco_fashion_mnist
+import quality_tables
 from simclr_jax import config_validation
 from simclr_jax import optim
 from simclr_jax import run
@@ -130,20 +131,12 @@ def _fractions() -> list[float]:
   return fractions
 
 
-def finetune_steps(fractions: list[float], steps: list[str], default: int) -> dict[float, int]:
-  """Fine-tuning steps per label fraction: `steps` (--finetune_steps) has one value for every
-  fraction or one per fraction; empty means `default` (config.eval.finetune_steps)."""
-  counts = [int(s) for s in steps] or [default]
-  if len(counts) == 1:
-    counts = counts * len(fractions)
-  if len(counts) != len(fractions) or min(counts) < 1:
-    raise app.UsageError(f'--finetune_steps needs one positive value or one per --fractions '
-                         f'entry ({fractions}), got {steps}')
-  return dict(zip(fractions, counts))
-
-
 def _finetune_steps(config) -> dict[float, int]:
-  return finetune_steps(_fractions(), FLAGS.finetune_steps, config.eval.finetune_steps)
+  try:
+    return quality_tables.finetune_steps(_fractions(), FLAGS.finetune_steps,
+                                         config.eval.finetune_steps)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
 class _StepTimer:
@@ -442,58 +435,6 @@ def _load_eval_data():
   return train_x, train_y, test_x, test_y, num_classes
 
 
-def _fmt(value, spec='.4f') -> str:
-  return format(value, spec) if isinstance(value, (int, float)) else '-'
-
-
-def table(rows: dict, fractions: list[float]) -> str:
-  """The markdown table: a row per method, the few-label columns at `fractions`."""
-  pct = run._percent  # pylint: disable=protected-access
-  few = [f for f in fractions if f < 1]
-  header = (['method', 'pretrain minutes', 'images/s', 'linear top-1 (100% labels)']
-            + [f'linear top-1 ({pct(f)[:-3]}% labels, mean of subsets)' for f in few]
-            + ['kNN-20 top-1'] + [f'fine-tune {pct(f)[:-3]}% top-1 (mean)' for f in fractions])
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for name, r in rows.items():
-    if 'blocked' in r:
-      lines.append(f'| {name} | blocked: {r["blocked"]} |' + '|' * (len(header) - 2))
-      continue
-    knn_key = next((k for k in r if k.startswith('knn')), None)
-    cells = ([name, _fmt(r.get('pretrain_minutes'), '.2f'), _fmt(r.get('images_per_s'), '.0f'),
-              _fmt(r['linear_100pct_top1'])]
-             + [_fmt(r[f'linear_{pct(f)}_top1']) for f in few] + [_fmt(r.get(knn_key))]
-             + [_fmt(r.get(f'finetune_{pct(f)}_top1')) for f in fractions])
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
-
-
-def margin_table(rows: dict, fractions: list[float]) -> str:
-  """Each pretrained row's margin over the baselines at each label fraction (the issue's "largest
-  margin at 1% labels"): frozen linear probe minus raw pixels' probe, and fine-tuning minus the
-  better of raw pixels' probe and the random-init encoder fine-tuned alike. '' without the
-  baseline rows."""
-  pct = run._percent  # pylint: disable=protected-access
-  pixels, scratch = rows.get('pixels'), rows.get('random_init')
-  if not pixels or 'blocked' in pixels:
-    return ''
-  header = ('| labels | method | raw pixels, linear | random-init, fine-tuned | linear | '
-            'fine-tuned | linear - pixels | fine-tuned - best baseline |')
-  lines = [header, '|' + '---|' * 8]
-  for f in sorted(set(fractions) | {1.0}):
-    lin, ft = f'linear_{pct(f)}_top1', f'finetune_{pct(f)}_top1'
-    base_ft = scratch.get(ft) if scratch else None
-    for name, r in rows.items():
-      if name in ('pixels', 'random_init', 'supervised') or 'blocked' in r:
-        continue
-      best = max(pixels[lin], base_ft) if base_ft is not None else pixels[lin]
-      d_lin = 100 * (r[lin] - pixels[lin])
-      d_ft = 100 * (r[ft] - best) if ft in r else None
-      lines.append(f'| {pct(f)[:-3]}% | {name} | {_fmt(pixels[lin])} | {_fmt(base_ft)} | '
-                   f'{_fmt(r[lin])} | {_fmt(r.get(ft))} | {d_lin:+.2f} | '
-                   f'{_fmt(d_ft, "+.2f")} |')
-  return '\n'.join(lines)
-
-
 def main(argv):
   del argv
   xla_setup.apply_xla_flags(_base_config().xla_flags)  # as simclr_jax.main, before JAX starts
@@ -524,9 +465,9 @@ def main(argv):
     result.update(load_average_end=os.getloadavg(), total_minutes=(time.time() - t_start) / 60)
     with open(os.path.join(FLAGS.workdir, 'quality.json'), 'w') as f:
       json.dump(result, f, indent=1)
-    print(table({name: rows[name]}, _fractions()).splitlines()[-1], flush=True)
-  print(table(rows, _fractions()))
-  margins = margin_table(rows, _fractions())
+    print(quality_tables.table({name: rows[name]}, _fractions()).splitlines()[-1], flush=True)
+  print(quality_tables.table(rows, _fractions()))
+  margins = quality_tables.margin_table(rows, _fractions())
   if margins:
     print('\nMargins by label fraction (points):\n' + margins)
   print(json.dumps(result))

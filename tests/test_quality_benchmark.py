@@ -1,18 +1,20 @@
-"""benchmarks/quality.py's tables: the margin over the baselines per label fraction (issue 5)."""
+"""benchmarks/quality_tables.py: the margin over the baselines per label fraction (issue 5).
+
+Imported by path, not with benchmarks/quality.py, whose absl flags (--seed, ...) would clash with
+other test modules' in the same pytest process."""
 
 import importlib.util
 import os
 
-from absl import app
 import pytest
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks',
-                     'quality.py')
+                     'quality_tables.py')
 
 
 @pytest.fixture(scope='module')
 def quality():
-  spec = importlib.util.spec_from_file_location('quality_benchmark', _PATH)
+  spec = importlib.util.spec_from_file_location('quality_tables', _PATH)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -50,6 +52,8 @@ def test_margin_table_without_fine_tuning_at_a_fraction(quality):
   one = [c.strip() for c in lines[1].strip('|').split('|')]
   assert one[0] == '100%' and one[6] == '+2.00'
   assert quality.margin_table({'simclr': _rows()['simclr']}, [0.01]) == ''  # no pixels row
+  baselines = {k: v for k, v in _rows().items() if k != 'simclr'}
+  assert quality.margin_table(baselines, [0.01]) == ''  # nothing pretrained to compare
 
 
 def test_table_has_a_column_per_fraction(quality):
@@ -64,5 +68,5 @@ def test_finetune_steps_per_fraction(quality):
   assert quality.finetune_steps([0.01, 0.1], [], 500) == {0.01: 500, 0.1: 500}
   assert quality.finetune_steps([0.01, 0.1], ['20'], 500) == {0.01: 20, 0.1: 20}
   assert quality.finetune_steps([0.01, 1.0], ['500', '2000'], 7) == {0.01: 500, 1.0: 2000}
-  with pytest.raises(app.UsageError, match='--finetune_steps needs one positive value'):
+  with pytest.raises(ValueError, match='--finetune_steps needs one positive value'):
     quality.finetune_steps([0.01, 0.1, 1.0], ['500', '2000'], 500)
