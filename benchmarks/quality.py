@@ -210,15 +210,9 @@ def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
   del train_x, test_x
   full = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=num_classes,
                                 l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
-  out = {'linear_100pct_top1': full['top1']}
-  for fraction in [f for f in _fractions() if f < 1]:
-    few = linear_lib.label_fraction_eval(
-        train_f, train_y, test_f, test_y, fraction=fraction,
-        seeds=range(config.seed, config.seed + config.eval.label_subsets),
-        num_classes=num_classes, l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
-    key = f'linear_{run._percent(fraction)}'  # pylint: disable=protected-access
-    out.update({f'{key}_top1': few['top1'], f'{key}_top1_std': few['top1_std'],
-                f'{key}_top1_runs': few['top1_runs'], f'{key}_num_labels': few['num_labels']})
+  out = {'linear_100pct_top1': full['top1'],
+         **run.label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
+                                      [f for f in _fractions() if f < 1])}
   k = config.eval.knn_k[0]
   out[f'knn{k}_top1'] = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=k,
                                          temperature=config.eval.knn_temperature,

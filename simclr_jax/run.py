@@ -217,16 +217,27 @@ def label_fraction_linear_eval(config, workdir, *, encoder=None, data=None) -> d
   data, encoder = _data_and_encoder(config, workdir, encoder, data)
   train_x, train_y, test_x, test_y, num_classes = data
   train_f, test_f = encoder.features(train_x, config), encoder.features(test_x, config)
+  out = label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
+                               config.eval.label_fractions)
+  return metric_writer.write_json(_results_path(workdir),
+                                  {_prefix(config) + k: v for k, v in out.items()})
+
+
+def label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
+                           fractions) -> dict:
+  """The linear probe on features at each label fraction, the mean over config.eval.label_subsets
+  subsets: `linear_<p>pct_top1`, `_top1_std`, `_top1_runs`, `_num_labels` (no init prefix)."""
   out = {}
   seeds = range(config.seed, config.seed + config.eval.label_subsets)
-  for fraction in config.eval.label_fractions:
+  for fraction in fractions:
     res = linear_lib.label_fraction_eval(train_f, train_y, test_f, test_y, fraction=fraction,
                                          seeds=seeds, num_classes=num_classes,
                                          l2_reg=config.eval.l2_reg,
                                          max_iters=config.eval.max_iters)
-    key = f'{_prefix(config)}linear_{_percent(fraction)}_top1'
-    out.update({key: res['top1'], f'{key}_std': res['top1_std'], f'{key}_runs': res['top1_runs']})
-  return metric_writer.write_json(_results_path(workdir), out)
+    key = f'linear_{_percent(fraction)}'
+    out.update({f'{key}_top1': res['top1'], f'{key}_top1_std': res['top1_std'],
+                f'{key}_top1_runs': res['top1_runs'], f'{key}_num_labels': res['num_labels']})
+  return out
 
 
 def transfer(config, workdir) -> dict:
