@@ -1,5 +1,7 @@
 """Tests of simclr_jax.models.conv: matmul-lowered convolutions equal nn.Conv."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -58,13 +60,15 @@ def test_forward_and_gradient_equal_nn_conv(shape, impl):
   assert jax.tree.structure(params) == jax.tree.structure(ours_params)
   np.testing.assert_array_equal(params['params']['kernel'], ours_params['params']['kernel'])
 
-  y_ref, y = ref.apply(params, x), ours.apply(params, x)
+  # Jitted throughout: op by op, the matmul lowerings dispatch (and compile) many small ops.
+  y_ref, y = jax.jit(ref.apply)(params, x), jax.jit(ours.apply)(params, x)
   assert y.shape == y_ref.shape
   np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
 
   # A non-trivial cotangent, so every output position and channel contributes.
   cot = jax.random.normal(jax.random.key(2), y_ref.shape)
-  grad = lambda m: jax.grad(lambda prm, xx: jnp.sum(m.apply(prm, xx) * cot), argnums=(0, 1))
+  grad = lambda m: jax.jit(jax.grad(lambda prm, xx: jnp.sum(m.apply(prm, xx) * cot),  # pylint: disable=unnecessary-lambda-assignment
+                                    argnums=(0, 1)))
   (gp_ref, gx_ref), (gp, gx) = grad(ref)(params, x), grad(ours)(params, x)
   np.testing.assert_allclose(gp['params']['kernel'], gp_ref['params']['kernel'], atol=1e-5,
                              rtol=1e-5)
@@ -108,10 +112,10 @@ def test_max_pool_values_and_gradient_equal_nn_max_pool(shape):
   pool = lambda xx, impl: conv_lib.max_pool(xx, (k, k), strides=(s, s),  # pylint: disable=unnecessary-lambda-assignment
                                             padding=((p, p), (p, p)), impl=impl)
   y_ref = nn.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))
-  y = pool(x, 'im2col')
+  y = jax.jit(pool, static_argnums=1)(x, 'im2col')
   np.testing.assert_array_equal(y, y_ref)
   cot = jax.random.normal(jax.random.key(5), y_ref.shape)
-  grad = lambda impl: jax.grad(lambda xx: jnp.sum(pool(xx, impl) * cot))(x)  # pylint: disable=unnecessary-lambda-assignment
+  grad = lambda impl: jax.jit(jax.grad(lambda xx: jnp.sum(pool(xx, impl) * cot)))(x)  # pylint: disable=unnecessary-lambda-assignment
   g_ref = grad('xla')
   assert float(jnp.abs(g_ref).sum()) > 0
   for impl in ('im2col', 'shifted_matmul'):
@@ -171,8 +175,10 @@ def test_resnet_imagenet_stem_gradients_equal(impl):
     h, _ = model.apply({**variables, 'params': params}, xx, train=True, mutable=['batch_stats'])
     return jnp.sum(h * jnp.arange(h.shape[-1]))
 
-  g_ref = jax.grad(loss, argnums=(1, 2))(ref, variables['params'], x)
-  g = jax.grad(loss, argnums=(1, 2))(ours, variables['params'], x)
+  # Jitted: op by op, the im2col encoder's gradient dispatches (and compiles) hundreds of ops.
+  grads = lambda model: jax.jit(jax.grad(functools.partial(loss, model), argnums=(0, 1)))  # pylint: disable=unnecessary-lambda-assignment
+  g_ref = grads(ref)(variables['params'], x)
+  g = grads(ours)(variables['params'], x)
   # Float32 summation order differs (matmuls vs convolutions), and some leaves (BN offsets
   # followed by another BN) have true gradients ~0 made of cancelling terms: tolerance relative
   # to each leaf's largest entry.
