@@ -209,7 +209,7 @@ def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
   train_x, train_y, test_x, test_y, num_classes = data
   del train_x, test_x
   full = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=num_classes,
-                                l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+                                **linear_lib.probe_kwargs(config))
   out = {'linear_100pct_top1': full['top1'],
          **run.label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
                                       [f for f in _fractions() if f < 1])}

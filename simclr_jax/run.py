@@ -150,10 +150,10 @@ def linear_eval(config, workdir, *, encoder: Optional[Encoder] = None, data=None
   train_f = encoder.features(train_x, config)
   test_f = encoder.features(test_x, config)
   res = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=num_classes,
-                               l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+                               **linear_lib.probe_kwargs(config))
   p = _prefix(config)
   out = {f'{p}linear_eval_top1': res['top1'], f'{p}linear_eval_top5': res['top5'],
-         f'{p}linear_eval_feature': config.eval.feature,
+         f'{p}linear_eval_feature': config.eval.feature, f'{p}linear_eval_l2_reg': res['l2_reg'],
          f'{p}linear_eval_seconds': time.time() - t0, 'encoder_step': encoder.step}
   if config.init == 'pretrained' and config.eval.feature == 'h':
     probe = encoder.variables['params']['probe']
@@ -161,7 +161,7 @@ def linear_eval(config, workdir, *, encoder: Optional[Encoder] = None, data=None
     out['online_probe_top1'] = features_lib.topk_accuracy(logits, test_y, 1)
   if config.eval.pixel_baseline:
     pix = linear_lib.pixel_baseline(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                                    l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+                                    **linear_lib.probe_kwargs(config))
     out['pixel_baseline_top1'] = pix['top1']
   logging.info('linear eval: %s', out)
   return metric_writer.write_json(_results_path(workdir), out)
@@ -226,17 +226,18 @@ def label_fraction_linear_eval(config, workdir, *, encoder=None, data=None) -> d
 def label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
                            fractions) -> dict:
   """The linear probe on features at each label fraction, the mean over config.eval.label_subsets
-  subsets: `linear_<p>pct_top1`, `_top1_std`, `_top1_runs`, `_num_labels` (no init prefix)."""
+  subsets: `linear_<p>pct_top1`, `_top1_std`, `_top1_runs`, `_num_labels`, `_l2_regs` (the
+  weight decay of each subset's fit) (no init prefix)."""
   out = {}
   seeds = range(config.seed, config.seed + config.eval.label_subsets)
   for fraction in fractions:
     res = linear_lib.label_fraction_eval(train_f, train_y, test_f, test_y, fraction=fraction,
                                          seeds=seeds, num_classes=num_classes,
-                                         l2_reg=config.eval.l2_reg,
-                                         max_iters=config.eval.max_iters)
+                                         **linear_lib.probe_kwargs(config))
     key = f'linear_{_percent(fraction)}'
     out.update({f'{key}_top1': res['top1'], f'{key}_top1_std': res['top1_std'],
-                f'{key}_top1_runs': res['top1_runs'], f'{key}_num_labels': res['num_labels']})
+                f'{key}_top1_runs': res['top1_runs'], f'{key}_num_labels': res['num_labels'],
+                f'{key}_l2_regs': res['l2_regs']})
   return out
 
 
@@ -257,9 +258,9 @@ def transfer(config, workdir) -> dict:
     encoder.calibrate_batch_norm(train_x, seed=config.seed)
   train_f, test_f = encoder.features(train_x, config), encoder.features(test_x, config)
   res = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=target_classes,
-                               l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+                               **linear_lib.probe_kwargs(config))
   pix = linear_lib.pixel_baseline(train_x, train_y, test_x, test_y, num_classes=target_classes,
-                                  l2_reg=config.eval.l2_reg, max_iters=config.eval.max_iters)
+                                  **linear_lib.probe_kwargs(config))
   name = config.eval.transfer_dataset.replace('/', '_')
   out = {f'{_prefix(config)}transfer_{name}_top1': res['top1'],
          f'transfer_{name}_pixel_baseline_top1': pix['top1']}

@@ -130,11 +130,11 @@ def eval_data(config) -> tuple:
 
 def pixel_baseline(config, data) -> float:
   """Logistic regression on raw pixels of the same train/test images (the floor to beat)."""
-  from simclr_jax.evaluation import linear  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluation import linear as linear_lib  # pylint: disable=g-import-not-at-top
   train_x, train_y, test_x, test_y, num_classes = data
-  return float(linear.pixel_baseline(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                                     l2_reg=config.eval.l2_reg,
-                                     max_iters=config.eval.max_iters)['top1'])
+  return float(linear_lib.pixel_baseline(train_x, train_y, test_x, test_y,
+                                         num_classes=num_classes,
+                                         **linear_lib.probe_kwargs(config))['top1'])
 
 
 def random_init_baseline(config, data, out: str) -> float:

@@ -140,3 +140,51 @@ def test_official_protocol_learns_and_freezes_the_model(tiny):
       epochs=1, batch_size=64)
   assert 0.0 <= augmented['top1'] <= augmented['top5'] <= 1.0
   _assert_trees_bitwise_equal(variables, before)
+
+
+def test_cv_folds_are_stratified_reproducible_and_need_enough_examples():
+  _, labels = helpers.fashion_mnist('train', 500)
+  fold = linear.cv_fold_ids(labels, folds=5, seed=0)
+  np.testing.assert_array_equal(fold, linear.cv_fold_ids(labels, folds=5, seed=0))
+  assert not np.array_equal(fold, linear.cv_fold_ids(labels, folds=5, seed=1))
+  for c in np.unique(labels):
+    per_fold = np.bincount(fold[labels == c], minlength=5)
+    assert per_fold.max() - per_fold.min() <= 1  # every class spread evenly over the folds
+  with pytest.raises(ValueError, match='l2_reg_folds'):
+    linear.cv_fold_ids(labels[:12], folds=5, seed=0)
+
+
+def test_l2_grid_picks_what_sklearn_cross_validation_picks_on_fashion_mnist():
+  """Our k-fold choice of the weight decay against sklearn fits on the same folds (float64)."""
+  images, labels = helpers.fashion_mnist('train', 300)
+  feats = images.reshape(300, -1).astype(np.float32)
+  test_images, test_labels = helpers.fashion_mnist('test', 200)
+  grid, folds = (1e-3, 1e-1, 10.0), 3
+  chosen, scores = linear.select_l2_reg(feats, labels, num_classes=10, grid=grid, folds=folds,
+                                        seed=7)
+  standardised, _ = _standardise64(feats.astype(np.float64), feats.astype(np.float64))
+  fold = linear.cv_fold_ids(labels, folds=folds, seed=7)
+  reference = {}
+  with threadpool_limits(1):
+    for l2 in grid:
+      accs = []
+      for k in range(folds):
+        train = fold != k
+        clf = LogisticRegression(C=1 / (l2 * train.sum()), max_iter=2000).fit(
+            standardised[train], labels[train])
+        accs.append(clf.score(standardised[~train], labels[~train]))
+      reference[l2] = np.mean(accs)
+  assert sorted(scores) == sorted(grid)
+  for l2 in grid:  # a near-tie example may flip between two optima of equal loss
+    assert abs(scores[l2] - reference[l2]) <= 1.5 / (300 / folds), (l2, scores, reference)
+  assert chosen == max(grid, key=lambda g: reference[g])
+  assert len(set(scores.values())) > 1  # the grid spans values that matter
+
+  # linear_eval with the grid: the chosen value, refitted on all the labelled examples.
+  res = linear.linear_eval(feats, labels, test_images.reshape(200, -1), test_labels,
+                           num_classes=10, l2_grid=grid, cv_folds=folds, cv_seed=7)
+  fixed = linear.linear_eval(feats, labels, test_images.reshape(200, -1), test_labels,
+                             num_classes=10, l2_reg=chosen)
+  assert res['l2_reg'] == chosen and res['classifier'].cv_top1 == scores
+  np.testing.assert_array_equal(res['classifier'].kernel, fixed['classifier'].kernel)
+  assert res['top1'] == fixed['top1']

@@ -49,6 +49,8 @@ def test_eval_all_writes_every_protocol(pretrained):
   np.testing.assert_allclose(results['linear_10pct_top1'],
                              np.mean(results['linear_10pct_top1_runs']))
   assert len(results['linear_100pct_top1_runs']) == 1
+  # No l2_reg_grid: every fit used the fixed weight decay.
+  assert results['linear_10pct_l2_regs'] == [config.eval.l2_reg] * config.eval.label_subsets
 
 
 def test_random_init_results_live_beside_pretrained(pretrained):
@@ -56,8 +58,11 @@ def test_random_init_results_live_beside_pretrained(pretrained):
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.init = 'random'
+    config.eval.l2_reg_grid = (1e-3, 1.0)  # picked by cross-validation on the training labels
+    config.eval.l2_reg_folds = 2
   results = run.train_and_evaluate(config, workdir, mode='linear_eval')
   assert 'random_init_linear_eval_top1' in results and 'linear_eval_top1' in results
+  assert results['random_init_linear_eval_l2_reg'] in (1e-3, 1.0)
 
 
 def test_transfer_to_digits(pretrained):
