@@ -2,10 +2,25 @@
 accelerators."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# One persistent XLA compilation cache per run, shared by the pytest-xdist workers and by the
+# `python -m simclr_jax.main` processes tests start (both inherit this environment): many tests
+# build the same tiny programs afresh, and XLA compilation is most of the suite's time. The cache
+# key is the program's HLO and compile options, so a hit runs the same machine code. The process
+# that made the folder (pytest's main process) removes it at the end. SIMCLR_TEST_XLA_CACHE=0
+# compiles everything afresh.
+_OWN_CACHE = None
+if (os.environ.get('SIMCLR_TEST_XLA_CACHE', '1') != '0'
+    and 'JAX_COMPILATION_CACHE_DIR' not in os.environ):
+  _OWN_CACHE = tempfile.mkdtemp(prefix='simclr_jax_test_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -16,3 +31,9 @@ from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top,wrong-im
 # What `python -m simclr_jax.main` runs with, so the tests exercise the shipped numerics.
 xla_setup.apply_xla_flags(base.get_config().xla_flags)
 jax.config.update('jax_num_cpu_devices', 8)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
