@@ -37,29 +37,3 @@ def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if _OWN_CACHE:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
-
-
-# The slowest modules first (seconds on the 2-core VM, `bash launch/test.sh --durations=0`,
-# 2026-12-01): pytest-xdist's --dist loadfile hands whole modules to the workers in collection
-# order, and alphabetically the slowest came last, leaving one worker alone with them at the end.
-_SLOWEST_FIRST = (
-    'test_reliability.py',  # 575
-    'test_conv.py',  # 380 (before its jit), ~200 after
-    'test_train_step.py',  # 300
-    'test_multihost.py',  # 160
-    'test_run_modes.py',  # 145
-    'test_moco.py',  # 135
-    'test_time_budget.py',  # 125
-    'test_end_to_end.py',  # 125
-    'test_barlow_twins.py',  # 115
-    'test_launch.py',  # 100
-    'test_eval_finetune.py',  # 100
-    'test_losses.py',  # 90
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-  del session, config
-  rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
-  order = {id(item): i for i, item in enumerate(items)}
-  items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
