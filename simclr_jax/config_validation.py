@@ -111,6 +111,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     raise ConfigError("config.dataset.name='image_folder' needs config.dataset.folder=<root>")
   if config.dataset.image_size <= 0:
     raise ConfigError('config.dataset.image_size must be > 0')
+  if any(v < 0 for v in config.eval.l2_reg_grid) or (
+      config.eval.l2_reg_grid and config.eval.l2_reg_folds < 2):
+    raise ConfigError(f'config.eval.l2_reg_grid={tuple(config.eval.l2_reg_grid)} must hold '
+                      f'weight decays >= 0, with config.eval.l2_reg_folds >= 2 (now '
+                      f'{config.eval.l2_reg_folds}); () uses the fixed config.eval.l2_reg')
 
 
 def total_steps(config, num_train_examples: int) -> int:

@@ -253,6 +253,7 @@ BAD_CONFIGS = [
     ('warmup longer than the run', {'optimizer.warmup_epochs': 50.0}, 'warmup'),
     ('batch larger than the dataset', {'batch_size': 512}, 'batch'),
     ('negative time budget', {'time_budget_minutes': -1.0}, 'time_budget_minutes'),
+    ('negative probe weight decay', {'eval.l2_reg_grid': (1e-3, -1.0)}, 'l2_reg_grid'),
 ]
 
 
