@@ -55,8 +55,8 @@ class LinearClassifier:
   num_iters: int
   grad_norm: float
   train_loss: float
-  l2_reg: float = 0.0
-  cv_top1: Mapping[float, float] = dataclasses.field(default_factory=dict)
+  l2_reg: float
+  cv_top1: Mapping[float, float]
 
   def logits(self, features: np.ndarray) -> np.ndarray:
     """Class scores for raw (unstandardised) features `[N, D]` -> `[N, C]`."""
@@ -172,23 +172,30 @@ def select_l2_reg(
   Returns:
     `(chosen l2_reg, {l2_reg: mean held-out top-1})`.
   """
+  mean, std = _standardisation(np.asarray(train_features, np.float32))
+  standardised = jnp.asarray((np.asarray(train_features, np.float32) - mean) / std)
+  return _select_l2_reg(standardised, np.asarray(train_labels), num_classes=num_classes,
+                        grid=grid, folds=folds, seed=seed, max_iters=max_iters, tol=tol)
+
+
+def _select_l2_reg(features: jax.Array, labels: np.ndarray, *, num_classes: int,
+                   grid: Sequence[float], folds: int, seed: int, max_iters: int,
+                   tol: float) -> tuple[float, dict[float, float]]:
+  """`select_l2_reg` on features already standardised (fit_linear_classifier's own)."""
   grid = sorted(float(g) for g in grid)
   if not grid or min(grid) < 0:
     raise ValueError(f'config.eval.l2_reg_grid must hold weight decays >= 0, got {grid}')
-  fold = cv_fold_ids(train_labels, folds=folds, seed=seed)
-  mean, std = _standardisation(np.asarray(train_features, np.float32))
-  standardised = (np.asarray(train_features, np.float32) - mean) / std
-  features = jnp.asarray(standardised)
-  labels = np.asarray(train_labels)
+  fold = cv_fold_ids(labels, folds=folds, seed=seed)
+  labels_device = jnp.asarray(labels, jnp.int32)
   scores = {}
   for l2 in grid:
     fold_top1 = []
     for k in range(folds):
-      params = _fit_lbfgs(features, jnp.asarray(labels, jnp.int32),
-                          jnp.asarray(fold != k, jnp.float32), jnp.float32(l2), jnp.float32(tol),
-                          num_classes=num_classes, max_iters=max_iters)[0]
+      params = _fit_lbfgs(features, labels_device, jnp.asarray(fold != k, jnp.float32),
+                          jnp.float32(l2), jnp.float32(tol), num_classes=num_classes,
+                          max_iters=max_iters)[0]
       held_out = fold == k
-      logits = standardised[held_out] @ np.asarray(params['kernel']) + np.asarray(params['bias'])
+      logits = np.asarray(features[held_out] @ params['kernel'] + params['bias'])
       fold_top1.append(features_lib.topk_accuracy(logits, labels[held_out], 1))
     scores[l2] = float(np.mean(fold_top1))
   best = max(grid, key=lambda g: (scores[g], g))
@@ -240,15 +247,15 @@ def fit_linear_classifier(
   if train_features.ndim != 2 or train_labels.shape != train_features.shape[:1]:
     raise ValueError(f'want features [N, D] and labels [N], got {train_features.shape} and '
                      f'{train_labels.shape}')
+  mean, std = _standardisation(train_features)
+  standardised = jnp.asarray((train_features - mean) / std)
   cv_top1 = {}
   if l2_grid:
-    l2_reg, cv_top1 = select_l2_reg(train_features, train_labels, num_classes=num_classes,
-                                    grid=l2_grid, folds=cv_folds, seed=cv_seed,
-                                    max_iters=max_iters, tol=tol)
-  mean, std = _standardisation(train_features)
-  standardised = (train_features - mean) / std
+    l2_reg, cv_top1 = _select_l2_reg(standardised, train_labels, num_classes=num_classes,
+                                     grid=l2_grid, folds=cv_folds, seed=cv_seed,
+                                     max_iters=max_iters, tol=tol)
   params, num_iters, grad_norm, value = _fit_lbfgs(
-      jnp.asarray(standardised), jnp.asarray(train_labels, jnp.int32),
+      standardised, jnp.asarray(train_labels, jnp.int32),
       jnp.ones(train_labels.shape, jnp.float32), jnp.float32(l2_reg), jnp.float32(tol),
       num_classes=num_classes, max_iters=max_iters)
   return LinearClassifier(kernel=np.asarray(params['kernel']), bias=np.asarray(params['bias']),
