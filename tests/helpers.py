@@ -1,6 +1,7 @@
 """Small real-data fixtures shared by tests (real Fashion-MNIST, never noise)."""
 
 import functools
+import os
 
 import numpy as np
 
@@ -14,6 +15,16 @@ def fashion_mnist(split: str = 'train', n: int = 512):
   cfg = base.get_config().dataset
   src = sources.load(cfg, f'{split}[:{n}]')
   return src.images.astype(np.float32) / 255.0, src.labels.astype(np.int32)
+
+
+def subprocess_xla_flags(num_devices: int | None) -> str:
+  """This process's XLA_FLAGS (conftest.py's, so a subprocess compiles the same programs) with
+  `num_devices` simulated CPU devices, or the real single CPU device for None."""
+  count = '--xla_force_host_platform_device_count'
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if not f.startswith(count + '=')]
+  if num_devices is not None:
+    flags.insert(0, f'{count}={num_devices}')
+  return ' '.join(flags)
 
 
 def simple_views(images: np.ndarray) -> np.ndarray:

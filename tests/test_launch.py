@@ -11,6 +11,8 @@ import subprocess
 import nbformat
 import pytest
 
+from tests import helpers
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, 'launch', 'tpu_vm.sh')
 _NOTEBOOK = os.path.join(_ROOT, 'launch', 'colab.ipynb')
@@ -144,7 +146,7 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'workdir'
   # The kernel inherits this environment: one CPU device (no simulated devices), tiny run.
-  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setenv('XLA_FLAGS', helpers.subprocess_xla_flags(None))
   monkeypatch.setenv('SIMCLR_NOTEBOOK_STEPS', '5')
   monkeypatch.setenv('SIMCLR_NOTEBOOK_TINY', '1')
   monkeypatch.setenv('SIMCLR_NOTEBOOK_WORKDIR', str(workdir))

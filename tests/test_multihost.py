@@ -18,6 +18,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import helpers
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORKER = os.path.join(_ROOT, 'tests', 'multihost_worker.py')
 _TIMEOUT_S = 300  # a hung collective must fail the test, not hang the suite
@@ -32,7 +34,7 @@ def _free_port() -> int:
 def _env(devices_per_process: int) -> dict:
   env = dict(os.environ)
   # conftest.py sets 8 devices for this (pytest) process; each worker sets its own count.
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices_per_process}'
+  env['XLA_FLAGS'] = helpers.subprocess_xla_flags(devices_per_process)
   env['TF_CPP_MIN_LOG_LEVEL'] = '2'
   env['PYTHONPATH'] = _ROOT + os.pathsep + env.get('PYTHONPATH', '')
   # One thread pool per process is plenty for a tiny model, and three processes share the cores.

@@ -83,8 +83,9 @@ def test_killed_process_resumes_bitwise_exact(uninterrupted, tmp_path):
            '--config.augment.crop_area_min=0.08', '--config.augment.color_strength=0.5']
   cmd = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/base.py',
          f'--workdir={workdir}', '--mode=pretrain', *flags]
-  # The same simulated devices as this process, so the compiled programs are the same.
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  # The same XLA flags and simulated devices as this process, so the compiled programs are the
+  # same.
+  env = dict(os.environ, XLA_FLAGS=helpers.subprocess_xla_flags(8))
   kill_after = int(np.random.default_rng().integers(1, 6))
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
   seen = []
