@@ -35,7 +35,9 @@ Evaluation, the same for every row (the config.eval fields of configs/fashion_mn
 the frozen encoder; linear = L-BFGS logistic regression (`linear.linear_eval`, l2_reg, max_iters)
 on all 60,000 labels and on a class-balanced 1% (fraction 0.01 = 60 per class;
 `linear.label_fraction_eval`: the mean over config.eval.label_subsets subsets, seeds
-config.seed, config.seed + 1, ..., since one subset's draw moves the figure by ~0.5 points);
+config.seed, config.seed + 1, ..., since one subset's draw moves the figure by ~0.5 points;
+with --l2_reg_grid each probe picks its weight decay by 5-fold cross-validation on its own
+labelled examples instead of the fixed l2_reg, recorded as linear_*_l2_reg(s) in the JSON);
 kNN-20 (`knn.knn_eval`, k = config.eval.knn_k[0]);
 fine-tune 1% = `simclr_jax.run.finetune` with config.eval.finetune_fraction = 0.01, the mean of
 --finetune_seeds runs (config.seed = 0, 1, ...: label subset, batch order, augmentation and
@@ -83,6 +85,7 @@ from simclr_jax import train
 from simclr_jax import xla_setup
 from simclr_jax.evaluation import knn as knn_lib
 from simclr_jax.evaluation import linear as linear_lib
+from simclr_jax.evaluation import subsets
 from simclr_jax.evaluation import supervised
 from simclr_jax.models import resnet
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -114,12 +117,19 @@ flags.DEFINE_integer('seed', 0, 'config.seed of every row (pretraining, batch or
                      'augmentation, lightly\'s seed, the first 1% label subset): another value '
                      'replicates the whole table.')
 flags.DEFINE_string('torch_python', sys.executable, 'Interpreter with torch (and lightly).')
+flags.DEFINE_list('l2_reg_grid', [], 'Weight decays the linear probes of every row choose from by '
+                  'cross-validation on their labelled examples (config.eval.l2_reg_grid, '
+                  'docs/evaluation.md), e.g. 1e-4,1e-3,3e-3,1e-2,3e-2,0.1,0.3; empty: the '
+                  "config's fixed eval.l2_reg.")
 
 
 def _base_config(method: str = 'simclr'):
   config = CONFIGS[method].get_config()
   config.eval.pixel_baseline = False  # its own row
   config.seed = FLAGS.seed
+  if FLAGS.l2_reg_grid:
+    config.eval.l2_reg_grid = tuple(float(v) for v in FLAGS.l2_reg_grid)
+    config_validation.validate(config)  # a negative value is a clear error before pretraining
   return config
 
 
@@ -210,7 +220,7 @@ def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
   del train_x, test_x
   full = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=num_classes,
                                 **linear_lib.probe_kwargs(config))
-  out = {'linear_100pct_top1': full['top1'],
+  out = {'linear_100pct_top1': full['top1'], 'linear_100pct_l2_reg': full['l2_reg'],
          **run.label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
                                       [f for f in _fractions() if f < 1])}
   k = config.eval.knn_k[0]
@@ -426,6 +436,11 @@ def _load_eval_data():
     train_x, train_y = train_x[:FLAGS.eval_train_examples], train_y[:FLAGS.eval_train_examples]
   if FLAGS.eval_test_examples > 0:
     test_x, test_y = test_x[:FLAGS.eval_test_examples], test_y[:FLAGS.eval_test_examples]
+  if config.eval.l2_reg_grid:  # too few labels per class to cross-validate: say so before training
+    for fraction in _fractions():
+      labels = train_y if fraction == 1 else train_y[subsets.label_fraction_indices(
+          train_y, fraction=fraction, seed=config.seed)]
+      linear_lib.cv_fold_ids(labels, folds=config.eval.l2_reg_folds, seed=config.seed)
   return train_x, train_y, test_x, test_y, num_classes
 
 
