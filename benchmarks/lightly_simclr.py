@@ -12,7 +12,8 @@ fine-tune them with simclr_jax's own fine-tuning code.
 What comes from lightly: `lightly.loss.NTXentLoss` and `lightly.models.modules.
 SimCLRProjectionHead`. What mirrors the JAX config (quality.py passes its fields as flags; the
 defaults here are configs/fashion_mnist.py's): the encoder (ResNet-18 v1.5, ImageNet stem, width
-0.5: `torch_train_step.ResNet18`, in PyTorch's channels_last layout), head widths (h -> h -> 64), temperature 0.2, batch 256, LARS
+0.5: `torch_train_step.ResNet18`, in PyTorch's channels_last layout), head widths (h -> h -> 64),
+temperature 0.2, batch 256, LARS
 (`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a linear warmup and
 cosine decay over the time budget, and the augmentation (written here as batched torch tensor ops, the same
 distributions as our tf.data pipeline, so both rows see the same views, not torchvision's
@@ -152,8 +153,8 @@ def train(pretrain_images: np.ndarray, *, budget_s: float, args: argparse.Namesp
   # Fashion-MNIST model's step on 2 AVX2 cores: 0.50 s against 0.81 s contiguous).
   fmt = getattr(torch, args.memory_format)
   model = SimCLR(head_cls, channels=images.shape[1], width_multiplier=args.width_multiplier,
-                 cifar_stem=args.cifar_stem, out_dim=args.head_out_dim).to(memory_format=fmt)
-  model.train()
+                 cifar_stem=args.cifar_stem, out_dim=args.head_out_dim)
+  model = model.to(memory_format=fmt).train()
   criterion = ntxent_cls(temperature=args.temperature)
   lars = torch_train_step.Lars(model.parameters(), lr=0.0, weight_decay=args.weight_decay)
   peak = args.learning_rate * batch_size / 256
@@ -223,10 +224,10 @@ def main():
                       help='share of the budget in warmup (configs/fashion_mnist.py: 0.3 of '
                       '10 epochs).')
   parser.add_argument('--crop_area_min', type=float, default=0.2)
+  parser.add_argument('--color_strength', type=float, default=0.5)
   parser.add_argument('--memory_format', choices=('channels_last', 'contiguous_format'),
                       default='channels_last',
                       help='layout of the model and views (until 2026-12-01: contiguous_format).')
-  parser.add_argument('--color_strength', type=float, default=0.5)
   args = parser.parse_args()
   try:
     lightly_parts = import_lightly()

@@ -129,7 +129,6 @@ def _base_config(method: str = 'simclr'):
   config.seed = FLAGS.seed
   if FLAGS.l2_reg_grid:
     config.eval.l2_reg_grid = tuple(float(v) for v in FLAGS.l2_reg_grid)
-    config_validation.validate(config)  # a negative value is a clear error before pretraining
   return config
 
 
@@ -436,7 +435,8 @@ def _load_eval_data():
     train_x, train_y = train_x[:FLAGS.eval_train_examples], train_y[:FLAGS.eval_train_examples]
   if FLAGS.eval_test_examples > 0:
     test_x, test_y = test_x[:FLAGS.eval_test_examples], test_y[:FLAGS.eval_test_examples]
-  if config.eval.l2_reg_grid:  # too few labels per class to cross-validate: say so before training
+  if config.eval.l2_reg_grid:  # a bad grid, or too few labels to cross-validate: say so now
+    config_validation.validate(config)
     for fraction in _fractions():
       labels = train_y if fraction == 1 else train_y[subsets.label_fraction_indices(
           train_y, fraction=fraction, seed=config.seed)]
