@@ -16,7 +16,6 @@ Targets: this project's own measurements (docs/benchmarks.md).
 
 from configs import fashion_mnist
 
-_WEIGHT_LEARNING_RATE = 1.0
 # The paper's ratio of the biases' and BN's rate to the weights' (0.0048 / 0.2).
 _BIAS_RATE_SCALE = 0.0048 / 0.2
 
@@ -29,9 +28,7 @@ def get_config():
   c.model.head_hidden_dim = 512
   c.model.head_out_dim = 512
   c.barlow_twins.lambd = 0.0051
-  c.optimizer.name = 'lars'
-  c.optimizer.learning_rate = _WEIGHT_LEARNING_RATE
-  c.optimizer.lr_scaling = 'linear'
+  # LARS at 1.0 x B/256 for the weights: fashion_mnist's, kept.
   c.optimizer.bias_learning_rate_scale = _BIAS_RATE_SCALE
   c.optimizer.weight_decay = 1.5e-6
   return c
