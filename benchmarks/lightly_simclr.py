@@ -13,7 +13,7 @@ What comes from lightly: `lightly.loss.NTXentLoss` and `lightly.models.modules.
 SimCLRProjectionHead`. What mirrors the JAX config (quality.py passes its fields as flags; the
 defaults here are configs/fashion_mnist.py's): the encoder (ResNet-18 v1.5, ImageNet stem, width
 0.5: `torch_train_step.ResNet18`, in PyTorch's channels_last layout), head widths (h -> h -> 64),
-temperature 0.2, batch 256, LARS
+temperature 0.1, batch 256, LARS
 (`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a linear warmup and
 cosine decay over the time budget, and the augmentation (written here as batched torch tensor ops, the same
 distributions as our tf.data pipeline, so both rows see the same views, not torchvision's
@@ -213,7 +213,7 @@ def main():
                       'numpy arrays), for fine-tuning it with simclr_jax (quality.py).')
   parser.add_argument('--minutes', type=float, default=15.0, help='pretraining budget.')
   parser.add_argument('--batch_size', type=int, default=256)
-  parser.add_argument('--temperature', type=float, default=0.2)
+  parser.add_argument('--temperature', type=float, default=0.1)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--width_multiplier', type=float, default=0.5)
   parser.add_argument('--cifar_stem', type=int, choices=(0, 1), default=0)
