@@ -8,6 +8,11 @@ import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# CPU only, also where libtpu is installed (requirements-dev.txt, for the deviceless TPU compile
+# test): without this JAX would try to start a TPU backend. TPU_SKIP_MDS_QUERY keeps libtpu from
+# asking a metadata server that this machine does not have.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
 # One persistent XLA compilation cache per run, shared by the pytest-xdist workers and by the
 # `python -m simclr_jax.main` processes tests start (both inherit this environment): many tests
 # build the same tiny programs afresh, and XLA compilation is most of the suite's time. The cache
