@@ -39,7 +39,7 @@ config.seed, config.seed + 1, ..., since one subset's draw moves the figure by ~
 with --l2_reg_grid each probe picks its weight decay by 5-fold cross-validation on its own
 labelled examples instead of the fixed l2_reg, recorded as linear_*_l2_reg(s) in the JSON);
 kNN-20 (`knn.knn_eval`, k = config.eval.knn_k[0]);
-fine-tune 1% = `simclr_jax.run.finetune` with config.eval.finetune_fraction = 0.01, the mean of
+fine-tune 1% = the `finetune` protocol with config.eval.finetune_fractions = (0.01,), the mean of
 --finetune_seeds runs (config.seed = 0, 1, ...: label subset, batch order, augmentation and
 classifier init change; one run spreads by about a point). Pretrained encoders fine-tune at
 config.eval.finetune_learning_rate; the random-init encoder at RANDOM_INIT_FINETUNE_LR, the best
@@ -80,13 +80,15 @@ from configs import moco_fashion_mnist
 import quality_tables
 from simclr_jax import config_validation
 from simclr_jax import optim
-from simclr_jax import run
 from simclr_jax import train
 from simclr_jax import xla_setup
+from simclr_jax.evaluation import data as data_lib
 from simclr_jax.evaluation import knn as knn_lib
 from simclr_jax.evaluation import linear as linear_lib
+from simclr_jax.evaluation import protocols
 from simclr_jax.evaluation import subsets
 from simclr_jax.evaluation import supervised
+from simclr_jax.evaluation.encoder import Encoder
 from simclr_jax.models import resnet
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -182,15 +184,15 @@ def _fresh_dir(name: str) -> str:
   return path
 
 
-def _pretrain_ssl(method: str, data) -> tuple[dict, run.Encoder, object]:
+def _pretrain_ssl(method: str, data) -> tuple[dict, Encoder, object]:
   config = _timed(_base_config(method))
   workdir = _fresh_dir(method)
   timer = _StepTimer()
   t0 = time.time()
   out = train.pretrain(config, workdir, on_step=timer)
   minutes = (time.time() - t0) / 60
-  encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:],
-                        state=out['state'])
+  encoder = Encoder(config, workdir, num_classes=data.num_classes,
+                    image_shape=data.train.image_shape, state=out['state'])
   info = dict(steps=out['step'], pretrain_minutes=minutes,
               images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'])
   return info, encoder, config
@@ -204,8 +206,8 @@ def _pretrain_supervised(data):
   minutes = (time.time() - t0) / 60
   state = types.SimpleNamespace(params=out['variables']['params'],
                                 batch_stats=out['variables']['batch_stats'], step=out['step'])
-  encoder = run.Encoder(config, _fresh_dir('supervised'), num_classes=data[4],
-                        image_shape=data[0].shape[1:], state=state)
+  encoder = Encoder(config, _fresh_dir('supervised'), num_classes=data.num_classes,
+                    image_shape=data.train.image_shape, state=state)
   info = dict(steps=out['step'], pretrain_minutes=minutes,
               images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'],
               train_accuracy=out['train_accuracy'])
@@ -215,12 +217,11 @@ def _pretrain_supervised(data):
 def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
   """Linear 100%, linear at each --fractions < 1 and kNN on frozen features: one protocol for
   every row."""
-  train_x, train_y, test_x, test_y, num_classes = data
-  del train_x, test_x
+  _, train_y, _, test_y, num_classes = data.arrays()
   full = linear_lib.linear_eval(train_f, train_y, test_f, test_y, num_classes=num_classes,
                                 **linear_lib.probe_kwargs(config))
   out = {'linear_100pct_top1': full['top1'], 'linear_100pct_l2_reg': full['l2_reg'],
-         **run.label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
+         **protocols.label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
                                       [f for f in _fractions() if f < 1])}
   k = config.eval.knn_k[0]
   out[f'knn{k}_top1'] = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=k,
@@ -229,29 +230,29 @@ def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
   return out
 
 
-def _evaluate_encoder(config, encoder: run.Encoder, data, workdir: str) -> dict:
+def _evaluate_encoder(config, encoder: Encoder, data, workdir: str) -> dict:
   t0 = time.time()
-  train_f, test_f = encoder.features(data[0], config), encoder.features(data[2], config)
+  train_f, test_f = encoder.features(data.train), encoder.features(data.test)
   out = _frozen_feature_metrics(config, train_f, test_f, data)
   out.update(_finetune_metrics(config, encoder, data, workdir))
   out['eval_minutes'] = (time.time() - t0) / 60
   return out
 
 
-def _finetune_metrics(config, encoder: run.Encoder, data, workdir: str) -> dict:
-  """Fine-tuning at each --fractions: the mean of --finetune_seeds runs of `run.finetune`
-  (config.seed = 0, 1, ...)."""
+def _finetune_metrics(config, encoder: Encoder, data, workdir: str) -> dict:
+  """Fine-tuning at each --fractions: the mean of --finetune_seeds runs of the `finetune`
+  protocol (config.seed = 0, 1, ...), each in a workdir of its own."""
   out = {'finetune_learning_rate': config.eval.finetune_learning_rate}
   for fraction, steps in _finetune_steps(config).items():
-    key = f'finetune_{run._percent(fraction)}_top1'  # pylint: disable=protected-access
+    key = f'finetune_{protocols.percent(fraction)}_top1'
     runs = []
     for seed in range(FLAGS.finetune_seeds):
       seeded = config.copy_and_resolve_references()
       seeded.seed = seed
-      seeded.eval.finetune_fraction = fraction
+      seeded.eval.finetune_fractions = (fraction,)
       seeded.eval.finetune_steps = steps
-      ft = run.finetune(seeded, workdir, encoder=encoder, data=data)
-      runs.append(ft[run._prefix(seeded) + key])  # pylint: disable=protected-access
+      ft = protocols.finetune(seeded, os.path.join(workdir, f'seed{seed}'), encoder, data)
+      runs.append(ft[protocols.prefix(seeded) + key])
     out.update({key: float(np.mean(runs)), f'{key}_runs': runs,
                 key.replace('_top1', '_steps'): steps})
   return out
@@ -269,7 +270,7 @@ def _lightly_row(data) -> dict:
     return {'blocked': reason}
   workdir = _fresh_dir('lightly')
   data_path = os.path.join(workdir, 'data.npz')
-  train_x, train_y, test_x, test_y, _ = data
+  train_x, _, test_x, _, _ = data.arrays()
   # Pretraining uses all 60,000 training images (as the JAX rows); the features are taken of the
   # evaluation images, which are the same unless --eval_*_examples cut them down.
   from simclr_jax.data import sources  # pylint: disable=g-import-not-at-top
@@ -314,10 +315,12 @@ def _lightly_row(data) -> dict:
                                    'torch_version') if k in info})
   # Fine-tune 1%: lightly's pretrained encoder in our JAX ResNet, then the same fine-tuning code
   # and seeds as every other row. The frozen columns above come from PyTorch's own features.
-  encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=train_x.shape[1:],
-                        state=_state_from_torch(config, dict(np.load(weights_path)),
-                                                data[4], train_x.shape[1:], info.get('steps', 0)))
-  jax_test_h = encoder.features(test_x, config)
+  encoder = Encoder(config, workdir, num_classes=data.num_classes,
+                    image_shape=data.train.image_shape,
+                    state=_state_from_torch(config, dict(np.load(weights_path)),
+                                            data.num_classes, data.train.image_shape,
+                                            info.get('steps', 0)))
+  jax_test_h = encoder.features(data.test)
   out['jax_vs_torch_h_max_abs_diff'] = float(np.abs(jax_test_h - feats['test_h']).max())
   # Same weights, same function: h must agree up to float32 summation order. A larger gap means
   # the mirror and the JAX model differ, and fine-tuning would measure something else.
@@ -336,7 +339,7 @@ def _state_from_torch(config, torch_weights: dict, num_classes: int, image_shape
   does not read them). Every torch tensor must be used and every JAX encoder leaf set."""
   config = config.copy_and_resolve_references()
   config.init = 'random'
-  variables = run.Encoder(config, '', num_classes=num_classes, image_shape=image_shape).variables
+  variables = Encoder(config, '', num_classes=num_classes, image_shape=image_shape).variables
   params = jax.tree.map(np.asarray, variables['params'])
   stats = jax.tree.map(np.asarray, variables['batch_stats'])
   used, num_set = set(), [0]
@@ -383,7 +386,7 @@ def _state_from_torch(config, torch_weights: dict, num_classes: int, image_shape
 
 
 def _pixel_row(data) -> dict:
-  train_x, train_y, test_x, test_y, _ = data
+  train_x, _, test_x, _, _ = data.arrays()
   config = _base_config()
   flat = lambda x: x.reshape(x.shape[0], -1)  # pylint: disable=unnecessary-lambda-assignment
   # pixel_baseline is linear_eval on flattened pixels; _frozen_feature_metrics does exactly that
@@ -401,9 +404,10 @@ def _random_init_row(name, data):
   config.init = 'random'
   config.eval.finetune_learning_rate = RANDOM_INIT_FINETUNE_LR
   workdir = _fresh_dir(name)
-  encoder = run.Encoder(config, workdir, num_classes=data[4], image_shape=data[0].shape[1:])
-  # The project's random-init protocol (run._encoder): BN running statistics from the data.
-  encoder.calibrate_batch_norm(data[0], seed=config.seed)
+  encoder = Encoder(config, workdir, num_classes=data.num_classes,
+                    image_shape=data.train.image_shape)
+  # The project's random-init protocol (simclr_jax.run): BN running statistics from the data.
+  encoder.calibrate_batch_norm(data.train, seed=config.seed)
   return {'pretrain_minutes': 0.0, **_evaluate_encoder(config, encoder, data, workdir)}
 
 
@@ -430,18 +434,21 @@ def _row_order() -> list[str]:
 
 def _load_eval_data():
   config = _base_config()
-  train_x, train_y, test_x, test_y, num_classes = run._eval_data(config)  # pylint: disable=protected-access
+  data = data_lib.load(config.dataset)
+  train_x, train_y, test_x, test_y, num_classes = data.arrays()
   if FLAGS.eval_train_examples > 0:
-    train_x, train_y = train_x[:FLAGS.eval_train_examples], train_y[:FLAGS.eval_train_examples]
+    data = data_lib.EvalData(data.train.subset(np.arange(FLAGS.eval_train_examples)), data.test)
   if FLAGS.eval_test_examples > 0:
-    test_x, test_y = test_x[:FLAGS.eval_test_examples], test_y[:FLAGS.eval_test_examples]
+    data = data_lib.EvalData(data.train, data.test.subset(np.arange(FLAGS.eval_test_examples)))
+  train_x, train_y, test_x, test_y, num_classes = data.arrays()
   if config.eval.l2_reg_grid:  # a bad grid, or too few labels to cross-validate: say so now
     config_validation.validate(config)
     for fraction in _fractions():
       labels = train_y if fraction == 1 else train_y[subsets.label_fraction_indices(
           train_y, fraction=fraction, seed=config.seed)]
       linear_lib.cv_fold_ids(labels, folds=config.eval.l2_reg_folds, seed=config.seed)
-  return train_x, train_y, test_x, test_y, num_classes
+  del train_x, test_x, test_y, num_classes
+  return data
 
 
 def main(argv):
@@ -461,9 +468,9 @@ def main(argv):
       command=' '.join([os.path.basename(sys.executable)] + sys.argv),
       pretrain_minutes_budget=FLAGS.pretrain_minutes, budget='wall time (time_budget_minutes)',
       fractions=_fractions(),
-      finetune_steps={run._percent(f): n for f, n in _finetune_steps(_base_config()).items()},  # pylint: disable=protected-access
+      finetune_steps={protocols.percent(f): n for f, n in _finetune_steps(_base_config()).items()},
       finetune_seeds=FLAGS.finetune_seeds,
-      eval_train_examples=int(len(data[1])), eval_test_examples=int(len(data[3])),
+      eval_train_examples=data.train.num_examples, eval_test_examples=data.test.num_examples,
       load_average_start=load_start, cpu_count=os.cpu_count(), rows=rows)
   for name in _row_order():
     t0 = time.time()

@@ -1,7 +1,7 @@
 """The quality benchmark's tables (benchmarks/quality.py), apart from its flags so tests import
 them: the per-method table, the margins by label fraction, and the fine-tuning steps rule."""
 
-from simclr_jax import run
+from simclr_jax.evaluation import protocols
 
 
 def finetune_steps(fractions: list[float], steps: list[str], default: int) -> dict[float, int]:
@@ -22,7 +22,7 @@ def fmt(value, spec='.4f') -> str:
 
 def table(rows: dict, fractions: list[float]) -> str:
   """The markdown table: a row per method, the few-label columns at `fractions`."""
-  pct = run._percent  # pylint: disable=protected-access
+  pct = protocols.percent
   few = [f for f in fractions if f < 1]
   header = (['method', 'pretrain minutes', 'images/s', 'linear top-1 (100% labels)']
             + [f'linear top-1 ({pct(f)[:-3]}% labels, mean of subsets)' for f in few]
@@ -46,7 +46,7 @@ def margin_table(rows: dict, fractions: list[float]) -> str:
   margin at 1% labels"): frozen linear probe minus raw pixels' probe, and fine-tuning minus the
   better of raw pixels' probe and the random-init encoder fine-tuned alike. '' without a
   pixels row or a pretrained row."""
-  pct = run._percent  # pylint: disable=protected-access
+  pct = protocols.percent
   pixels, scratch = rows.get('pixels'), rows.get('random_init')
   if not pixels or 'blocked' in pixels:
     return ''

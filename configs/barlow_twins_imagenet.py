@@ -12,17 +12,15 @@ Deviations from the official code are listed in docs/methods.md.
 """
 
 from configs import base
+from configs import imagenet
 
 _WEIGHT_LEARNING_RATE = 0.2
 _BIAS_LEARNING_RATE = 0.0048
 
 
 def get_config():
-  c = base.get_config()
+  c = imagenet.imagenet_data_and_eval(base.get_config())
   c.method = 'barlow_twins'
-  c.dataset.name = 'imagenet2012'
-  c.dataset.image_size = 224
-  c.augment.preset = 'imagenet'
   c.augment.color_strength = 0.5  # paper: jitter (0.4, 0.4, 0.2, 0.1); ours (0.4, 0.4, 0.4, 0.1)
   c.augment.blur = True
   c.model.depth = 50
@@ -44,5 +42,4 @@ def get_config():
   c.optimizer.warmup_epochs = 10
   c.checkpoint_every_steps = 5000
   c.log_every_steps = 100
-  c.eval.batch_size = 1024
   return c

@@ -39,6 +39,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.download = True  # let TFDS download when no local copy is found
   c.dataset.strict = False  # image_folder: stop on an unreadable file instead of skipping it
   c.dataset.max_train_examples = -1  # > 0: use only the first n training images (tests, studies)
+  # Streamed datasets (ImageNet) are read in this many fixed shards of the split; a global batch
+  # takes batch_size / stream_shards records of each, and each process reads its block of
+  # shards, so the batches are the same on any number of processes. Divides every global batch;
+  # the process count divides it (64 serves up to 64 hosts).
+  c.dataset.stream_shards = 64
 
   c.augment = ml_collections.ConfigDict()
   c.augment.preset = 'fashion_mnist'  # imagenet | cifar | fashion_mnist | none
@@ -97,14 +102,27 @@ def get_config() -> ml_collections.ConfigDict:
   # Label subsets per fraction < 1 for the linear probe; the mean is reported (subset-to-subset
   # spread at 1% of Fashion-MNIST: ~0.5 points std, docs/evaluation.md).
   c.eval.label_subsets = 5
-  c.eval.finetune_fraction = 0.1
+  # Fine-tuning label fractions: class-balanced draws (seed config.seed); on streamed
+  # imagenet2012 the paper's own 1 % / 10 % subsets (TFDS imagenet2012_subset).
+  c.eval.finetune_fractions = (0.1,)
   c.eval.finetune_steps = 500
+  c.eval.finetune_epochs = ()  # one per fraction; when set, wins over finetune_steps
   c.eval.finetune_batch_size = 128
   c.eval.finetune_learning_rate = 0.05
   c.eval.fine_tune_after_block = -1
   c.eval.finetune_head_layer = 0  # 0: from h; 1: from the first projection layer (SimCLRv2)
   c.eval.transfer_dataset = ''  # name of the target dataset for --mode=transfer
   c.eval.pixel_baseline = True  # logistic regression on raw pixels, reported beside linear eval
+  # What --mode=pretrain_then_eval (and --mode=evaluate) run, in order: linear | linear_sgd | knn
+  # | finetune | label_fraction_linear | embed_plot | transfer (simclr_jax/evaluation/protocols.py).
+  # 'linear' is the exact L-BFGS probe for in-memory data and the paper's SGD protocol for
+  # streamed data.
+  c.eval.protocols = ('linear',)
+  # The paper's SGD linear evaluation (Appendix B.6): epochs, global batch, peak learning rate
+  # (-1: 0.1 * batch / 256), Nesterov momentum, cosine decay, crop + flip.
+  c.eval.linear_epochs = 90.0
+  c.eval.linear_batch_size = 4096
+  c.eval.linear_learning_rate = -1.0
 
   # MoCo (He et al. 2020; v2: Chen et al. 2020), used when method == 'moco'. The temperature is
   # config.loss.temperature (0.07 v1, 0.2 v2).

@@ -12,11 +12,30 @@ blur, global BN: linear-eval top-1 64.5% after 100 epochs at batch 4096 (69.3% a
 from configs import base
 
 
-def get_config():
-  c = base.get_config()
+def imagenet_data_and_eval(c):
+  """ImageNet as every ImageNet config reads and evaluates it (SimCLR, MoCo v2, Barlow Twins).
+
+  After pretraining: the paper's linear evaluation (Appendix B.6: 90 epochs of crops + flips at
+  batch 4096, Nesterov SGD at 0.1 x B/256, no weight decay), the kNN monitor, and fine-tuning on
+  the paper's 1 % and 10 % label subsets (Appendix B.5: batch 4096, 0.05 x B/256, 60 / 30 epochs),
+  all data-parallel on the streamed splits (docs/evaluation.md).
+  """
   c.dataset.name = 'imagenet2012'
   c.dataset.image_size = 224
   c.augment.preset = 'imagenet'
+  c.eval.batch_size = 1024
+  c.eval.protocols = ('linear', 'knn', 'finetune')
+  c.eval.linear_epochs = 90.0
+  c.eval.linear_batch_size = 4096  # learning rate 0.1 * 4096 / 256 = 1.6 (linear_learning_rate -1)
+  c.eval.finetune_fractions = (0.01, 0.1)
+  c.eval.finetune_epochs = (60, 30)
+  c.eval.finetune_batch_size = 4096
+  c.eval.finetune_learning_rate = 0.05 * c.eval.finetune_batch_size / 256  # 0.8
+  return c
+
+
+def get_config():
+  c = imagenet_data_and_eval(base.get_config())
   c.augment.color_strength = 1.0
   c.augment.blur = True
   c.model.depth = 50
@@ -34,5 +53,4 @@ def get_config():
   c.optimizer.warmup_epochs = 10
   c.checkpoint_every_steps = 5000
   c.log_every_steps = 100
-  c.eval.batch_size = 1024
   return c

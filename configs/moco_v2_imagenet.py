@@ -17,14 +17,12 @@ Deviations from the official code are listed in docs/methods.md.
 """
 
 from configs import base
+from configs import imagenet
 
 
 def get_config():
-  c = base.get_config()
+  c = imagenet.imagenet_data_and_eval(base.get_config())
   c.method = 'moco'
-  c.dataset.name = 'imagenet2012'
-  c.dataset.image_size = 224
-  c.augment.preset = 'imagenet'
   c.augment.color_strength = 0.5  # SimCLR's jitter at strength s is (0.8s, 0.8s, 0.8s, 0.2s)
   c.augment.blur = True
   c.augment.crop_area_min = 0.2
@@ -48,5 +46,4 @@ def get_config():
   c.optimizer.warmup_epochs = 0.0
   c.checkpoint_every_steps = 5000
   c.log_every_steps = 100
-  c.eval.batch_size = 1024
   return c

@@ -116,6 +116,19 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     raise ConfigError(f'config.eval.l2_reg_grid={tuple(config.eval.l2_reg_grid)} must hold '
                       f'weight decays >= 0, with config.eval.l2_reg_folds >= 2 (now '
                       f'{config.eval.l2_reg_folds}); () uses the fixed config.eval.l2_reg')
+  from simclr_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  unknown = [p for p in config.eval.protocols if p not in protocols.PROTOCOLS]
+  if unknown:
+    raise ConfigError(f'config.eval.protocols has unknown protocols {unknown}; use names from '
+                      f'{sorted(protocols.PROTOCOLS)}')
+  if config.eval.finetune_epochs and (
+      len(config.eval.finetune_epochs) != len(config.eval.finetune_fractions)):
+    raise ConfigError(f'config.eval.finetune_epochs={tuple(config.eval.finetune_epochs)} needs '
+                      'one value per fraction of config.eval.finetune_fractions='
+                      f'{tuple(config.eval.finetune_fractions)} (or () to use finetune_steps)')
+  if not all(0 < f <= 1 for f in config.eval.finetune_fractions):
+    raise ConfigError(f'config.eval.finetune_fractions={tuple(config.eval.finetune_fractions)} '
+                      'must be fractions in (0, 1]')
 
 
 def total_steps(config, num_train_examples: int) -> int:

@@ -187,14 +187,18 @@ class ClockBudget:
     self.schedule = schedule
     self.total_steps = total_steps
     self.elapsed = elapsed
+    self._progress = 0.0
 
   def before_step(self, state, put_state):
-    lr = time_budget.learning_rate(self.schedule, self.total_steps, self.clock.progress())
+    # The progress the loop last read (after the previous step), so the rate and the stopping
+    # decision see the same clock reading.
+    lr = time_budget.learning_rate(self.schedule, self.total_steps, self._progress)
     return state.replace(opt_state=optim.with_learning_rate(state.opt_state, put_state(lr)))
 
   def progress(self, step: int) -> float:
     del step
-    return self.clock.progress()
+    self._progress = self.clock.progress()
+    return self._progress
 
   def after_step(self, step: int) -> float:
     self.clock.start()  # no-op after the first step: its compilation is not counted
@@ -230,7 +234,8 @@ def run_loop(*, step_fn: Callable, state: PyTree, batches: Iterator[PyTree], rng
     batches: host batches of this process, from `start_step` on.
     rng: the run's raw key, passed to every step.
     mapper: the `parallel.Mapper` the step was mapped with.
-    checkpointer: a `checkpoint.Checkpointer` for this run's workdir.
+    checkpointer: a `checkpoint.Checkpointer` for this run's workdir; None: no checkpoints
+      (short in-memory runs; a signal then only stops the run).
     writer: a `metric_writer.MetricWriter`.
     budget: `StepBudget` or `ClockBudget`.
     start_step: the step `state` is at.
@@ -280,7 +285,8 @@ def run_loop(*, step_fn: Callable, state: PyTree, batches: Iterator[PyTree], rng
           raise NonFiniteError(
               f'{name}: the loss or gradients became NaN/Inf at step {step} or earlier (after '
               f'step {checked_through}, the last finite check). Nothing was saved after the '
-              f'last good checkpoint (step {last_saved}, in {checkpointer.directory}). '
+              f'last good checkpoint (step {last_saved}, in '
+              f'{checkpointer.directory if checkpointer else None}). '
               f'{fix_hint}'.rstrip())
         checked_through, all_finite = step, None
       if log_now:
@@ -288,7 +294,7 @@ def run_loop(*, step_fn: Callable, state: PyTree, batches: Iterator[PyTree], rng
         host_metrics.update(budget.log_extras(progress))
         last_metrics = writer.write(step, host_metrics)
         history.append({'step': step, **last_metrics})
-      if save_now:
+      if save_now and checkpointer is not None:
         budget.on_checkpoint(step)
         checkpointer.save(step, mapper.get_state(state))
         last_saved = step

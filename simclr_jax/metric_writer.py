@@ -12,16 +12,18 @@ import numpy as np
 class MetricWriter:
   """Writes scalars under `workdir` with tf.summary; other processes write nothing."""
 
-  def __init__(self, workdir: str, *, total_steps: Optional[int], global_batch_size: int):
-    """total_steps: the run's length for the ETA and the progress line; None when the run ends
-    on a time budget (the loop then passes its own `eta_minutes`)."""
+  def __init__(self, workdir: Optional[str], *, total_steps: Optional[int],
+               global_batch_size: int):
+    """workdir: where the event files go; None: the console line only. total_steps: the run's
+    length for the ETA and the progress line; None when the run ends on a time budget (the loop
+    then passes its own `eta_minutes`)."""
     self.enabled = jax.process_index() == 0
     self.total_steps = total_steps
     self.global_batch_size = global_batch_size
     self._writer = None
     self._last_time: Optional[float] = None
     self._last_step: Optional[int] = None
-    if self.enabled:
+    if self.enabled and workdir is not None:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._tf = tf
       self._writer = tf.summary.create_file_writer(workdir)
@@ -40,10 +42,11 @@ class MetricWriter:
       self._last_time, self._last_step = now, step
     if not self.enabled:
       return out
-    with self._writer.as_default():
-      for k, v in out.items():
-        self._tf.summary.scalar(k, v, step=step)
-    self._writer.flush()
+    if self._writer is not None:
+      with self._writer.as_default():
+        for k, v in out.items():
+          self._tf.summary.scalar(k, v, step=step)
+      self._writer.flush()
     if prefix == 'train':
       shown = ' '.join(f'{k.split("/")[1]}={v:.4g}' for k, v in out.items()
                        if k.split('/')[1] in ('loss', 'contrast_accuracy', 'probe_accuracy',

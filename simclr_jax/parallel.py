@@ -58,12 +58,20 @@ class Mapper:
     mapping: 'shard_map' or 'pmap'.
     num_devices: how many devices to use (-1: all, across all processes). On several processes
       only -1 is allowed, since every process must contribute the same number of devices.
+    devices: these devices instead (e.g. the compile-only devices of a TPU topology, for an
+      ahead-of-time compile: benchmarks/tpu_compile.py).
   """
 
-  def __init__(self, mapping: str = 'shard_map', num_devices: int = -1):
+  def __init__(self, mapping: str = 'shard_map', num_devices: int = -1,
+               devices: Optional[list] = None):
     if mapping not in ('shard_map', 'pmap'):
       raise ValueError(f"config.mapping must be 'shard_map' or 'pmap', got {mapping!r}")
     self.mapping = mapping
+    if devices is not None:  # e.g. a TPU topology's devices, to compile for it ahead of time
+      self.devices = list(devices)
+      self.local_devices = self.devices
+      self._make_mesh()
+      return
     devices = jax.devices()
     if num_devices > 0:
       if jax.process_count() > 1 and num_devices != len(devices):
@@ -75,7 +83,10 @@ class Mapper:
       devices = devices[:num_devices]
     self.devices = devices
     self.local_devices = [d for d in devices if d.process_index == jax.process_index()]
-    self.mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+    self._make_mesh()
+
+  def _make_mesh(self) -> None:
+    self.mesh = jax.sharding.Mesh(np.asarray(self.devices), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
 

@@ -46,13 +46,21 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   mapper = parallel.Mapper(config.mapping, config.num_devices)
   config_validation.validate(config, num_devices=mapper.num_devices)
   source = sources.load(config.dataset, config.dataset.train_split)
-  num_train = source.num_examples
-  config_validation.check_schedule(config, num_train)
-  steps_per_epoch = config_validation.steps_per_epoch(config, num_train)
-  total_steps = config_validation.total_steps(config, num_train)
-  channels = sources.image_shape(source, config.dataset.image_size)[-1]
+  config_validation.check_schedule(config, source.num_examples)
+  return build(config, mapper, num_train_examples=source.num_examples,
+               num_classes=source.num_classes,
+               channels=sources.image_shape(source, config.dataset.image_size)[-1],
+               source=source)
+
+
+def build(config: ml_collections.ConfigDict, mapper: parallel.Mapper, *,
+          num_train_examples: int, num_classes: int, channels: int, source=None) -> Setup:
+  """Model, method, optimizer and schedule of a run over `mapper`'s devices, from the dataset's
+  size alone (`setup` reads it from the source; benchmarks/tpu_compile.py states ImageNet's)."""
+  steps_per_epoch = config_validation.steps_per_epoch(config, num_train_examples)
+  total_steps = config_validation.total_steps(config, num_train_examples)
   image_shape = (config.dataset.image_size, config.dataset.image_size, channels)
-  model = build_model(config.model, num_classes=source.num_classes, image_size=image_shape[0],
+  model = build_model(config.model, num_classes=num_classes, image_size=image_shape[0],
                       axis_name=parallel.AXIS)
   tx, schedule = optim.build_optimizer(
       config.optimizer, global_batch_size=config.batch_size, total_steps=total_steps,
@@ -134,7 +142,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
       s.source, config.augment, image_size=config.dataset.image_size,
       global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
       end_step=None if budget.timed else s.total_steps, process_index=jax.process_index(),
-      process_count=jax.process_count(), device_augment=config.augment.on_device)
+      process_count=jax.process_count(), device_augment=config.augment.on_device,
+      stream_shards=config.dataset.stream_shards)
   result = loop.run_loop(
       step_fn=make_step(s), state=s.mapper.put_state(state), batches=batches,
       rng=train_step_lib.run_key(config.seed), mapper=s.mapper, checkpointer=ckpt, writer=writer,

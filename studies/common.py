@@ -2,7 +2,7 @@
 tables (markdown + JSON) and the --out / --budget_scale flags.
 
 A cell is one pretraining run of the library (`simclr_jax.train.pretrain`) followed by the
-library's linear evaluation (`simclr_jax.run.linear_eval`, exact L-BFGS logistic regression) on
+library's linear evaluation (the `linear` protocol, exact L-BFGS logistic regression) on
 one or more features. Its numbers go to `<out>/runs/<cell>/cell.json`; a rerun of a study skips
 cells whose cell.json was written with the same config, so an interrupted study resumes.
 """
@@ -22,9 +22,10 @@ import numpy as np
 
 from configs import fashion_mnist
 from simclr_jax import metric_writer
-from simclr_jax import run
 from simclr_jax import train
-from simclr_jax.data import pipeline
+from simclr_jax.evaluation import data as data_lib
+from simclr_jax.evaluation import protocols
+from simclr_jax.evaluation.encoder import Encoder
 
 flags.DEFINE_string('out', None, 'Folder for the table (.md, .json), the figure (.png) and the '
                     'per-cell runs.')
@@ -121,17 +122,15 @@ def epochs_of(config) -> float:
   return config.num_train_steps / max(1, config.dataset.max_train_examples // config.batch_size)
 
 
-def eval_data(config) -> tuple:
-  """(train_x, train_y, test_x, test_y, num_classes) in the form `run.linear_eval` takes."""
-  train_x, train_y = pipeline.eval_arrays(config.dataset, config.dataset.train_split)
-  test_x, test_y = pipeline.eval_arrays(config.dataset, config.dataset.eval_split)
-  return train_x, train_y, test_x, test_y, int(max(train_y.max(), test_y.max()) + 1)
+def eval_data(config) -> data_lib.EvalData:
+  """The labelled train/test splits every cell is evaluated on (in memory)."""
+  return data_lib.load(config.dataset)
 
 
 def pixel_baseline(config, data) -> float:
   """Logistic regression on raw pixels of the same train/test images (the floor to beat)."""
   from simclr_jax.evaluation import linear as linear_lib  # pylint: disable=g-import-not-at-top
-  train_x, train_y, test_x, test_y, num_classes = data
+  train_x, train_y, test_x, test_y, num_classes = data.arrays()
   return float(linear_lib.pixel_baseline(train_x, train_y, test_x, test_y,
                                          num_classes=num_classes,
                                          **linear_lib.probe_kwargs(config))['top1'])
@@ -142,11 +141,10 @@ def random_init_baseline(config, data, out: str) -> float:
   pretraining must clear; at CPU scale it is a high one)."""
   c = config.copy_and_resolve_references()
   c.init = 'random'
-  encoder = run.Encoder(c, out, num_classes=data[4], image_shape=data[0].shape[1:])
+  encoder = Encoder(c, out, num_classes=data.num_classes, image_shape=data.train.image_shape)
   workdir = os.path.join(out, 'runs', 'random_init')
   os.makedirs(workdir, exist_ok=True)
-  return float(run.linear_eval(c, workdir, encoder=encoder,
-                               data=data)['random_init_linear_eval_top1'])
+  return float(protocols.linear(c, workdir, encoder, data)['random_init_linear_eval_top1'])
 
 
 def baselines_line(config, data, out: str) -> tuple[str, dict]:
@@ -158,7 +156,7 @@ def baselines_line(config, data, out: str) -> tuple[str, dict]:
           dict(pixel_baseline_top1=pixels, random_init_top1=random_init))
 
 
-def run_cell(name: str, config: ml_collections.ConfigDict, out: str, data: tuple,
+def run_cell(name: str, config: ml_collections.ConfigDict, out: str, data: data_lib.EvalData,
              features: Sequence[str] = ('h',)) -> dict:
   """Pretrains with `config`, then linear-evaluates each feature ('h', 'head_<i>').
 
@@ -183,16 +181,15 @@ def run_cell(name: str, config: ml_collections.ConfigDict, out: str, data: tuple
     # The checkpoint is saved; rerunning the study resumes this cell. Not a finished cell.
     raise SystemExit(f'stopped by a signal in cell {name}; rerun the same command to resume')
   pretrain_s = time.time() - t0
-  num_classes, image_shape = data[4], data[0].shape[1:]
-  encoder = run.Encoder(config, workdir, num_classes=num_classes, image_shape=image_shape,
-                        state=out_train['state'])
+  encoder = Encoder(config, workdir, num_classes=data.num_classes,
+                    image_shape=data.train.image_shape, state=out_train['state'])
   top1 = {}
   t1 = time.time()
   for feature in features:
     eval_config = copy.deepcopy(config)
     eval_config.eval.feature = feature
-    top1[feature] = float(run.linear_eval(eval_config, workdir, encoder=encoder,
-                                          data=data)['linear_eval_top1'])
+    top1[feature] = float(protocols.linear(eval_config, workdir, encoder,
+                                           data)['linear_eval_top1'])
   metrics = out_train['train_metrics']
   cell = dict(name=name, top1=top1, train_loss=_float(out_train['train_loss']),
               contrast_accuracy=_float(metrics.get('train/contrast_accuracy')),

@@ -12,10 +12,16 @@ Runs the project's real code path on real Fashion-MNIST with the tiny test confi
      `train.pretrain`) for 3 steps into a workdir shared by all processes, then a fresh
      `checkpoint.Checkpointer` restores the newest step; its step and params go to
      DIR/pretrain_<process_id>.npz.
+  3. 'standin' phase (with --standin_dir): the ImageNet config's default mode
+     (`run.train_and_evaluate(mode='pretrain_then_eval')`: pretraining, the SGD linear protocol,
+     kNN, 1 % and 10 % fine-tuning) shrunk to a tiny model and a few steps, on the streamed
+     stand-in of real images written by `simclr_jax.data.standin` into that TFDS data_dir;
+     results.json goes to DIR/standin_results.json (process 0).
 With --num_processes=1 (no coordinator) it is the single-process reference on all local devices.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -92,6 +98,42 @@ def pretrain_phase(out_dir: str, workdir: str) -> None:
            **flat_params(restored.params, 'params'))
 
 
+def standin_config():
+  """configs/imagenet.py on the stand-in, shrunk: ResNet-18 at width 1/8 on 16 px, batch 32."""
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  c = imagenet.get_config()
+  c.dataset.name = 'fashion_mnist_stream'
+  c.dataset.download = False
+  c.dataset.image_size = 16
+  c.dataset.stream_shards = 8
+  c.model.depth = 18
+  c.model.width_multiplier = 0.125
+  c.model.head_out_dim = 16
+  c.batch_size = 32
+  c.num_train_steps = 2
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.learning_rate = 0.05
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 100
+  c.eval.batch_size = 32
+  c.eval.knn_k = (5, 20)
+  c.eval.linear_epochs = 0.125  # 2 steps of 32 of the 512 images
+  c.eval.linear_batch_size = 32
+  c.eval.finetune_epochs = (3, 1)  # 1 % = 10 labels, 10 % = 50: 1 and 2 steps
+  c.eval.finetune_batch_size = 32
+  c.eval.finetune_learning_rate = 0.05
+  return c
+
+
+def standin_phase(out_dir: str, workdir: str, data_dir: str) -> None:
+  config = standin_config()
+  config.dataset.data_dir = data_dir
+  results = run.train_and_evaluate(config, workdir, mode='pretrain_then_eval')
+  if jax.process_index() == 0:
+    with open(os.path.join(out_dir, 'standin_results.json'), 'w') as f:
+      json.dump(results, f)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--coordinator', default=None, help='host:port of process 0')
@@ -99,6 +141,10 @@ def main() -> None:
   parser.add_argument('--process_id', type=int, default=0)
   parser.add_argument('--out', required=True, help='folder for the .npz results')
   parser.add_argument('--workdir', default=None, help='shared workdir: also run train.pretrain')
+  parser.add_argument('--standin_dir', default=None,
+                      help='TFDS data_dir holding the streamed stand-in: also run the ImageNet '
+                      'config on it')
+  parser.add_argument('--standin_workdir', default=None, help='workdir of the stand-in run')
   parser.add_argument('--compilation_cache', default=None,
                       help='persistent XLA cache folder: the pretrain phase compiles the same '
                       'step as the step phase, so it reuses that compilation')
@@ -116,8 +162,11 @@ def main() -> None:
   t2 = time.time()
   if args.workdir:
     pretrain_phase(args.out, args.workdir)
+  t3 = time.time()
+  if args.standin_dir:
+    standin_phase(args.out, args.standin_workdir, args.standin_dir)
   print(f'process {jax.process_index()}: done (init {t1 - t0:.1f} s, step phase {t2 - t1:.1f} s, '
-        f'pretrain phase {time.time() - t2:.1f} s)', flush=True)
+        f'pretrain phase {t3 - t2:.1f} s, stand-in phase {time.time() - t3:.1f} s)', flush=True)
 
 
 if __name__ == '__main__':

@@ -46,3 +46,33 @@ def test_knn_on_fashion_mnist_pixels():
   top1 = knn.knn_eval(train_images.reshape(2000, -1), train_labels, test_images.reshape(500, -1),
                       test_labels, k=20, temperature=0.07, num_classes=10, batch_size=128)
   assert top1 > 0.7
+
+
+@pytest.mark.parametrize('num_devices', [8, 1])
+def test_sharded_bank_equals_brute_force(num_devices):
+  """The feature bank sharded over 8 devices (per-shard top-k, then a global top-k) predicts as
+  the float64 brute force on real pixels; 301 and 97 examples do not divide the batch of 64, so
+  the padded rows of the last batches must never vote or count."""
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluation import data  # pylint: disable=g-import-not-at-top
+  train_x, train_y = helpers.fashion_mnist('train', 301)
+  test_x, test_y = helpers.fashion_mnist('test', 97)
+  mapper = parallel.Mapper(num_devices=num_devices)
+
+  def steps(x, y):  # pixels as features, laid out as split_features lays out features
+    split = data.EvalSplit.from_arrays(x, y, num_classes=10)
+    for batch in split.batches(64):
+      batch = mapper.put_batch(batch)
+      yield {'features': batch['image'].reshape(64, -1), 'label': batch['label'],
+             'mask': batch['mask']}
+
+  ks = (1, 20, 200)
+  top1 = knn.sharded_knn_eval(steps(train_x, train_y), steps(test_x, test_y),
+                              num_train_steps=5, ks=ks, temperature=0.07, num_classes=10,
+                              mapper=mapper)
+  flat_train = train_x.reshape(301, -1).astype(np.float64)
+  flat_test = test_x.reshape(97, -1).astype(np.float64)
+  for k in ks:
+    reference = _knn_reference(flat_train, train_y, flat_test, k=k, temperature=0.07,
+                               num_classes=10)
+    assert top1[k] == pytest.approx(np.mean(reference == test_y), abs=1e-9), k

@@ -7,6 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from simclr_jax.evaluation import data
 from simclr_jax.evaluation import linear
 from simclr_jax.evaluation import subsets
 from simclr_jax.models import build_model
@@ -128,16 +129,17 @@ def _assert_trees_bitwise_equal(a, b):
 def test_official_protocol_learns_and_freezes_the_model(tiny):
   model, variables, images, labels = tiny
   before = jax.tree.map(lambda x: np.array(x, copy=True), variables)
+  train = data.EvalSplit.from_arrays(images[:256], labels[:256], num_classes=10)
+  test = data.EvalSplit.from_arrays(images[256:], labels[256:], num_classes=10)
   result = linear.linear_eval_official(
-      model, variables, images[:256], labels[:256], images[256:], labels[256:], num_classes=10,
-      epochs=8, batch_size=64, learning_rate=10.0, augment_fn=None)
+      model, variables, train, test, num_classes=10, epochs=8, batch_size=64,
+      learning_rate=10.0, augment_fn=None)
   assert result['top1'] > 0.4  # Chance is 0.1; L-BFGS on the same features gets ~0.65.
   assert result['classifier']['kernel'].shape == (64, 10)
   _assert_trees_bitwise_equal(variables, before)
 
-  augmented = linear.linear_eval_official(
-      model, variables, images[:256], labels[:256], images[256:], labels[256:], num_classes=10,
-      epochs=1, batch_size=64)
+  augmented = linear.linear_eval_official(model, variables, train, test, num_classes=10,
+                                          epochs=1, batch_size=64)
   assert 0.0 <= augmented['top1'] <= augmented['top5'] <= 1.0
   _assert_trees_bitwise_equal(variables, before)
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from simclr_jax.data import standin
 from tests import helpers
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,22 +78,28 @@ def runs(tmp_path_factory):
   out2, out1, workdir = root / 'two', root / 'one', root / 'workdir'
   out2.mkdir()
   out1.mkdir()
+  standin_dir = str(root / 'tfds')
+  standin.write(standin_dir, num_train=512, num_test=64, max_side=48)
   coordinator = f'localhost:{_free_port()}'
   procs = []
   for i in range(2):
     args = [f'--coordinator={coordinator}', '--num_processes=2', f'--process_id={i}',
-            f'--out={out2}', f'--workdir={workdir}',
+            f'--out={out2}', f'--workdir={workdir}', f'--standin_dir={standin_dir}',
+            f'--standin_workdir={root / "standin_two"}',
             # One cache for both: JAX writes it from process 0 only, and both read it.
             f'--compilation_cache={root / "xla_cache"}']
     path = str(root / f'process_{i}.log')
     procs.append(_launch(args, 4, path) + (path,))
   path = str(root / 'single.log')
-  procs.append(_launch(['--num_processes=1', f'--out={out1}'], 8, path) + (path,))
+  procs.append(_launch(['--num_processes=1', f'--out={out1}', f'--standin_dir={standin_dir}',
+                        f'--standin_workdir={root / "standin_one"}'], 8, path) + (path,))
   _wait_all(procs)
   return dict(two=[dict(np.load(out2 / f'step_{i}.npz')) for i in range(2)],
               one=dict(np.load(out1 / 'step_0.npz')),
               pretrain=[dict(np.load(out2 / f'pretrain_{i}.npz')) for i in range(2)],
-              workdir=str(workdir))
+              workdir=str(workdir),
+              standin={n: json.load(open(out / 'standin_results.json'))
+                       for n, out in (('two', out2), ('one', out1))})
 
 
 def _params(d):
@@ -133,3 +140,20 @@ def test_only_process_zero_writes_logs_and_results(runs):
   events = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   assert len(events) == 1, events  # one writer: process 0's
   assert not glob.glob(os.path.join(workdir, '*.tmp'))
+
+
+def test_imagenet_config_on_streamed_standin_two_processes_equal_one(runs):
+  """configs/imagenet.py's default mode on a streamed dataset of real images (JPEGs of varying
+  size, read per process like imagenet2012): pretraining, the SGD linear protocol, kNN with the
+  bank sharded over the devices, 1 % and 10 % fine-tuning; 2 processes x 4 devices give the
+  numbers of 1 process x 8 devices."""
+  two, one = runs['standin']['two'], runs['standin']['one']
+  keys = ('train_loss', 'linear_eval_top1', 'linear_eval_top5', 'knn5_top1', 'knn20_top1',
+          'finetune_1pct_top1', 'finetune_1pct_top5', 'finetune_10pct_top1',
+          'finetune_10pct_top5')
+  for key in keys:
+    assert key in one and key in two, key
+    np.testing.assert_allclose(two[key], one[key], rtol=1e-4, err_msg=key)
+  assert one['linear_eval_protocol'] == 'sgd'  # streamed: the paper's protocol, not L-BFGS
+  assert one['finetune_1pct_num_labels'] == 10 and one['finetune_10pct_num_labels'] == 50
+  assert one['step'] == 2

@@ -128,14 +128,6 @@ def test_eval_arrays():
   assert pipeline.eval_arrays(dataset_config, 'test[:10]')[0].shape == (10, 32, 32, 1)
 
 
-def test_eval_batches_cover_split_across_hosts():
-  dataset_config, _ = _configs()
-  labels = [np.concatenate([b['label'] for b in pipeline.eval_batches(
-      dataset_config, 'test[:101]', batch_size=32, process_index=i, process_count=2)])
-            for i in range(2)]
-  assert len(labels[0]) + len(labels[1]) == 101
-
-
 def _png_stream_source(images, labels):
   """A streaming Source over real images stored as PNG bytes, like TFDS ImageNet records."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -154,7 +146,7 @@ def test_streaming_path_resumes_bitwise(train_images):
   labels = sources.load(_configs()[0], 'train').labels
   source = _png_stream_source(train_images[:200], labels[:200])
   _, augment_config = _configs(preset='cifar')
-  kwargs = dict(image_size=24, global_batch_size=40, seed=5)  # 5 steps per epoch
+  kwargs = dict(image_size=24, global_batch_size=40, seed=5, stream_shards=8)  # 5 steps/epoch
   uninterrupted = _take(pipeline.batches_from_source(source, augment_config, **kwargs), 8)
   resumed = _take(pipeline.batches_from_source(source, augment_config, start_step=4, **kwargs), 4)
   assert uninterrupted[0]['views'].shape == (40, 2, 24, 24, 3)  # decoded to RGB
@@ -163,3 +155,21 @@ def test_streaming_path_resumes_bitwise(train_images):
     np.testing.assert_array_equal(batch['label'], uninterrupted[step]['label'])
   first_epoch = np.concatenate([b['label'] for b in uninterrupted[:5]])
   np.testing.assert_array_equal(np.sort(first_epoch), np.sort(labels[:200]))
+
+
+def test_streaming_batches_are_the_same_on_any_number_of_processes(train_images):
+  """Process p of 2 reads only its block of stream shards, and its host batches laid beside the
+  other's are, row by row, the global batch one process reads (views and labels)."""
+  labels = sources.load(_configs()[0], 'train').labels
+  source = _png_stream_source(train_images[:160], labels[:160])
+  _, augment_config = _configs(preset='cifar')
+  kwargs = dict(image_size=16, global_batch_size=32, seed=3, stream_shards=4, start_step=2)
+  one = _take(pipeline.batches_from_source(source, augment_config, **kwargs), 3)
+  two = [_take(pipeline.batches_from_source(source, augment_config, process_index=p,
+                                            process_count=2, **kwargs), 3) for p in range(2)]
+  for step in range(3):
+    for key in ('views', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([two[0][step][key], two[1][step][key]]), one[step][key])
+  with pytest.raises(ValueError, match='stream_shards'):
+    pipeline.batches_from_source(source, augment_config, **{**kwargs, 'stream_shards': 3})

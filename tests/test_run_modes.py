@@ -21,7 +21,7 @@ def pretrained(tmp_path_factory):
   config.eval.finetune_batch_size = 16
   config.eval.label_fractions = (0.1, 1.0)
   config.eval.label_subsets = 2
-  config.eval.finetune_fraction = 0.1
+  config.eval.finetune_fractions = (0.1,)
   run.train_and_evaluate(config, workdir, mode='pretrain')
   return config, workdir
 

@@ -13,10 +13,10 @@ import optax
 import pytest
 
 from simclr_jax import optim
-from simclr_jax import run
 from simclr_jax import time_budget
 from simclr_jax import train
 from simclr_jax.evaluation import supervised
+from simclr_jax.evaluation.encoder import Encoder
 from tests import helpers
 
 BUDGET_S = 60.0
@@ -106,8 +106,8 @@ def test_schedule_follows_the_clock_and_the_run_stops_on_it(fake_clock, tmp_path
   assert num_steps != NOMINAL_STEPS
   # Evaluation reads only params and BN statistics: a step-count config of the same model loads
   # this run's encoder (its optimizer state, with the host-set rate, is not read).
-  encoder = run.Encoder(_config(time_budget_minutes=0.0), str(tmp_path), num_classes=10,
-                        image_shape=(28, 28, 1))
+  encoder = Encoder(_config(time_budget_minutes=0.0), str(tmp_path), num_classes=10,
+                    image_shape=(28, 28, 1))
   assert encoder.step == num_steps
   for a, b in zip(jax.tree.leaves(encoder.variables['params']),
                   jax.tree.leaves(out['state'].params)):

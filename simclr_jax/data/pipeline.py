@@ -17,13 +17,15 @@ same order, gathered a batch at a time, each with its position p * B_host + j; t
 draws the views from (seed, s, position) (`simclr_jax.data.device_augment`).
 
 Streaming sources (ImageNet) follow the same seeds but read records in a seeded shuffle-buffer
-order per epoch; resuming skips the already-seen records of the current epoch without decoding.
+order per epoch and fixed shard of the split (`stream_records`), so the global batch of a step is
+the same on any number of processes; resuming skips the already-seen records of the current
+epoch without decoding.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +39,8 @@ _PERMUTATION_SALT = 0
 _AUGMENT_SALT = 1
 # Streaming sources: shuffle-buffer size (examples), a trade of RAM for randomness.
 STREAM_SHUFFLE_BUFFER = 50_000
+# Streaming sources: fixed shards of the split (config.dataset.stream_shards), see stream_records.
+STREAM_SHARDS = 64
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -128,33 +132,116 @@ def _in_memory_dataset(source: sources.Source, augment_config, *, image_size: in
   return ds.batch(host_batch, drop_remainder=True)
 
 
+def keep_only(records: tf.data.Dataset, keep: np.ndarray) -> tf.data.Dataset:
+  """The records whose position in `records` is True in `keep` (bool [n])."""
+  kept = tf.constant(keep)
+
+  def kept_at(index, record):
+    del record
+    return tf.gather(kept, index)
+
+  def record_of(index, record):
+    del index
+    return record
+
+  return records.enumerate().filter(kept_at).map(record_of)
+
+
+def owned_shards(num_shards: int, process_index: int, process_count: int) -> range:
+  """The stream shards process p reads: a contiguous block, so the host batches of processes
+  0..P-1, laid side by side, are the global batch one process would read."""
+  if num_shards % process_count:
+    raise ValueError(f'{num_shards} stream shards do not divide over {process_count} processes: '
+                     'set --config.dataset.stream_shards to a multiple of the process count.')
+  per_process = num_shards // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
+
+
+def stream_records(source: sources.Source, *, global_batch_size: int, num_shards: int,
+                   seed: int, start_step: int, process_index: int, process_count: int,
+                   examples_per_epoch: Optional[int] = None, keep: Optional[np.ndarray] = None,
+                   shuffle_buffer: int = STREAM_SHUFFLE_BUFFER) -> tf.data.Dataset:
+  """This process's host batches of undecoded records of a streamed source, from `start_step`.
+
+  The split is cut into `num_shards` fixed contiguous shards, independent of the process count;
+  global batch s takes `global_batch_size / num_shards` consecutive records of each shard's
+  seeded order, in shard order, and process p reads only its block of shards
+  (`owned_shards`). So the global batch of step s, row by row, is the same on any number of
+  processes (1 x 8 devices == 2 x 4 devices), and each process reads only its share.
+
+  Args:
+    source: a streaming `Source`.
+    global_batch_size: records per step over all processes.
+    num_shards: `config.dataset.stream_shards`; divides the batch, and is divided by the
+      process count.
+    seed: the order is a pure function of (seed, shard, epoch).
+    start_step: first step (resume: the records of earlier steps are skipped undecoded).
+    process_index, process_count: this process.
+    examples_per_epoch: per shard; an epoch is a fresh shuffle of the shard truncated to whole
+      steps (pretraining). None: epochs of the whole (kept part of the) shard back to back,
+      batches straddling them (small labelled subsets).
+    keep: bool [N] over the split's order: only these records (a label subset).
+    shuffle_buffer: records shuffled together, over all of a process's shards.
+
+  Returns:
+    Endless dataset of {'image': string [B_host], 'label': int32 [B_host]}.
+  """
+  if global_batch_size % num_shards:
+    raise ValueError(f'global batch {global_batch_size} is not a multiple of the '
+                     f'{num_shards} stream shards: set --config.dataset.stream_shards to a '
+                     'divisor of the batch size.')
+  per_shard = global_batch_size // num_shards
+  shard_size = source.num_examples // num_shards
+  owned = owned_shards(num_shards, process_index, process_count)
+  buffer = max(1, shuffle_buffer // len(owned))
+
+  def shard_batches(shard):
+    records = source.as_dataset(shard, num_shards, decode=False, drop_remainder=True)
+    if keep is not None:
+      kept = keep[shard * shard_size:(shard + 1) * shard_size]
+      if not kept.any():  # an empty shard would make the epochs below loop forever
+        raise ValueError(f'stream shard {shard} of {num_shards} holds none of the subset\'s '
+                         f'{int(keep.sum())} examples: lower --config.dataset.stream_shards.')
+      records = keep_only(records, kept)
+
+    def epoch(e):
+      order = records.shuffle(buffer, seed=seed * 1_000_003 + e * 4099 + shard,
+                              reshuffle_each_iteration=False)
+      return order if examples_per_epoch is None else order.take(examples_per_epoch)
+
+    first_epoch = 0
+    skip = start_step * per_shard
+    if examples_per_epoch is not None:
+      steps_per_epoch_ = examples_per_epoch // per_shard
+      first_epoch = start_step // steps_per_epoch_
+      skip = (start_step - first_epoch * steps_per_epoch_) * per_shard
+    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(skip)
+    return ds.batch(per_shard, drop_remainder=True)
+
+  zipped = tf.data.Dataset.zip(tuple(shard_batches(shard) for shard in owned))
+  return zipped.map(lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0)
+                                    for k in ('image', 'label')})
+
+
 def _streaming_dataset(source: sources.Source, augment_config, *, image_size: int,
                        host_batch: int, seed: int, start_step: int, end_step: Optional[int],
-                       process_index: int, process_count: int) -> tf.data.Dataset:
-  """Streaming variant. Cannot be exercised offline (needs a prepared ImageNet copy)."""
-  n_host = source.num_examples // process_count
-  spe = n_host // host_batch
-  records = source.as_dataset(process_index, process_count, decode=False, drop_remainder=True)
-  first_epoch = start_step // spe
-
-  def epoch_records(epoch):
-    # A fresh seeded order each epoch; take() drops the per-epoch remainder like the in-memory
-    # path. The seed is a function of (seed, epoch) only, so a resumed epoch replays the order.
-    epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
-    order = records.shuffle(STREAM_SHUFFLE_BUFFER, seed=epoch_seed,
-                            reshuffle_each_iteration=False)
-    return order.take(spe * host_batch)
-
-  ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch_records)
-  # Skip the steps of the resumed epoch that were already seen, before decoding (cheap).
-  ds = ds.skip((start_step - first_epoch * spe) * host_batch).enumerate(start_step * host_batch)
+                       process_index: int, process_count: int,
+                       num_shards: int) -> tf.data.Dataset:
+  """Streamed two-view batches (`stream_records`), the same on any number of processes."""
+  global_batch = host_batch * process_count
+  per_shard_epoch = source.num_examples // num_shards // (global_batch // num_shards) * (
+      global_batch // num_shards)
+  records = stream_records(source, global_batch_size=global_batch, num_shards=num_shards,
+                           seed=seed, start_step=start_step, process_index=process_index,
+                           process_count=process_count, examples_per_epoch=per_shard_epoch)
+  ds = records.unbatch().enumerate(start_step * host_batch)
 
   def example(k, x):
     step, j = k // host_batch, k % host_batch
     image = tf.io.decode_image(x['image'], channels=3, expand_animations=False)
     views = augment.two_views(image, _example_seed(seed, step, process_index * host_batch + j),
                               augment_config, image_size)
-    return {'views': views, 'label': x['label']}
+    return {'views': views, 'label': tf.cast(x['label'], tf.int32)}
 
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(host_batch, drop_remainder=True)
@@ -165,7 +252,8 @@ def _streaming_dataset(source: sources.Source, augment_config, *, image_size: in
 
 def pretrain_batches(dataset_config, augment_config, *, global_batch_size: int, seed: int,
                      start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                     end_step: Optional[int] = None, device_augment: bool = False) -> Batches:
+                     end_step: Optional[int] = None, device_augment: bool = False,
+                     stream_shards: int = STREAM_SHARDS) -> Batches:
   """Endless (or up to end_step) iterator of this host's two-view pretraining batches.
 
   Args:
@@ -179,6 +267,8 @@ def pretrain_batches(dataset_config, augment_config, *, global_batch_size: int, 
     end_step: stop before this step; None: never stop.
     device_augment: yield the images instead of the views; the train step augments them
       (`config.augment.on_device`, `simclr_jax.data.device_augment`).
+    stream_shards: streaming sources: the fixed shards the split is read in
+      (`config.dataset.stream_shards`, see `stream_records`).
 
   Returns:
     A `Batches` iterator of {'views': float32 [B_host, 2, H, W, C] in [0, 1],
@@ -197,13 +287,14 @@ def pretrain_batches(dataset_config, augment_config, *, global_batch_size: int, 
                              global_batch_size=global_batch_size, seed=seed,
                              start_step=start_step, process_index=process_index,
                              process_count=process_count, end_step=end_step,
-                             device_augment=device_augment)
+                             device_augment=device_augment, stream_shards=stream_shards)
 
 
 def batches_from_source(source: sources.Source, augment_config, *, image_size: int,
                         global_batch_size: int, seed: int, start_step: int = 0,
                         process_index: int = 0, process_count: int = 1,
-                        end_step: Optional[int] = None, device_augment: bool = False) -> Batches:
+                        end_step: Optional[int] = None, device_augment: bool = False,
+                        stream_shards: int = STREAM_SHARDS) -> Batches:
   """`pretrain_batches` on an already loaded `Source` (benchmarks, custom arrays).
 
   Args and Returns: as `pretrain_batches`, with `image_size` the side of the views.
@@ -226,8 +317,10 @@ def batches_from_source(source: sources.Source, augment_config, *, image_size: i
     device_augment_lib.check_ops(ops, channels)
     ds = _in_memory_dataset(source, augment_config, device_augment=True, **kwargs)
   else:
-    build = _in_memory_dataset if source.in_memory else _streaming_dataset
-    ds = build(source, augment_config, **kwargs)
+    if source.in_memory:
+      ds = _in_memory_dataset(source, augment_config, **kwargs)
+    else:
+      ds = _streaming_dataset(source, augment_config, num_shards=stream_shards, **kwargs)
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -238,44 +331,28 @@ def batches_from_source(source: sources.Source, augment_config, *, image_size: i
                  image_shape=(image_size, image_size, channels))
 
 
-def eval_arrays(dataset_config, split: str, *, chunk_size: int = 2048
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """A whole split, preprocessed with `augment.eval_preprocess`, as host arrays.
+def eval_arrays(dataset_config, split: str, *, chunk_size: int = 2048,
+                source: Optional[sources.Source] = None) -> tuple[np.ndarray, np.ndarray]:
+  """A whole in-memory split, preprocessed with `augment.eval_preprocess`, as host arrays.
 
   Args:
     dataset_config: `config.dataset`.
     split: e.g. 'train', 'test', 'test[:1000]'.
     chunk_size: images preprocessed per TF call (bounds the peak memory of resizing).
+    source: the split, if already loaded.
 
   Returns:
     (images float32 [N, S, S, C] in [0, 1] with S = dataset_config.image_size, labels int32 [N]).
 
   Raises:
-    ValueError: for streaming sources (ImageNet): use `eval_batches` instead.
+    ValueError: for streamed sources (ImageNet), which `evaluation.data.EvalSplit` reads per
+      process instead.
   """
-  source = sources.load(dataset_config, split)
+  source = source or sources.load(dataset_config, split)
   if not source.in_memory:
-    raise ValueError(f'{source.name} is streamed and does not fit in memory as float32: use '
-                     'pipeline.eval_batches instead of eval_arrays.')
+    raise ValueError(f'{source.name} is streamed and does not fit in memory as float32: read it '
+                     'with simclr_jax.evaluation.data.load_split.')
   image_size = int(dataset_config.image_size)
   chunks = [augment.eval_preprocess(source.images[i:i + chunk_size], image_size).numpy()
             for i in range(0, source.num_examples, chunk_size)]
   return np.concatenate(chunks).astype(np.float32), source.labels.astype(np.int32)
-
-
-def eval_batches(dataset_config, split: str, *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """This host's share of a split in order, preprocessed, in batches (the last may be short).
-
-  Works for streaming sources too. Every example of the split is seen by exactly one process.
-
-  Returns:
-    Iterator of {'image': float32 [b, S, S, C], 'label': int32 [b]}, b <= batch_size.
-  """
-  source = sources.load(dataset_config, split)
-  image_size = int(dataset_config.image_size)
-  ds = source.as_dataset(process_index, process_count)
-  ds = ds.map(lambda x: {'image': augment.eval_preprocess(x['image'], image_size),
-                         'label': x['label']},
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

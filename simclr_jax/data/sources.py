@@ -247,6 +247,13 @@ def _tfds_builder(name: str, data_dir: Optional[str]):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
+    if data_dir:
+      # A dataset prepared under data_dir needs no registered builder class (e.g. the streamed
+      # stand-in of simclr_jax.data.standin): TFDS reads its dataset_info.json.
+      try:
+        return tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
+      except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError):
+        pass
     raise ValueError(
         f'Unknown dataset {name!r}: set `--config.dataset.name` to a TFDS name (e.g. '
         "'fashion_mnist', 'cifar10', 'cifar100', 'stl10', 'imagenet2012'), or to 'image_folder' "

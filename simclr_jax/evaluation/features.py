@@ -5,7 +5,7 @@ step: run the `ContrastiveModel` in inference mode over an image array and keep 
 representations. That step lives here, once.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 import functools
 from typing import Any
 
@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 
 def parse_feature(feature: str) -> int:
@@ -71,13 +72,62 @@ def to_model_input(images: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
   return images.astype(xp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'head_index'))
-def _forward(model: nn.Module, variables: Any, images: jax.Array, head_index: int) -> jax.Array:
-  # train=False: BN uses running statistics, so an example's features do not depend on the rest
-  # of its batch, which is what makes padding the last batch harmless. No `mutable`: apply
-  # cannot write back any collection.
-  outputs = model.apply(variables, images, train=False)
-  return select_feature(outputs, head_index).astype(jnp.float32)
+def device_batch_size(batch_size: int, mapper) -> int:
+  """`batch_size` rounded up to a multiple of the devices (every device gets equal rows)."""
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  return -(-batch_size // mapper.num_devices) * mapper.num_devices
+
+
+@functools.lru_cache(maxsize=16)
+def _mapped_forward(model: nn.Module, mesh, head_index: int):
+  """The inference forward pass, data-parallel: variables replicated, images and features
+  sharded over the mesh's 'batch' axis."""
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+
+  def per_core(variables, images):
+    # train=False: BN uses running statistics, so an example's features do not depend on the
+    # rest of its batch, which is what makes padding harmless. No `mutable`: apply cannot write
+    # back any collection.
+    outputs = model.apply(variables, images, train=False)
+    return select_feature(outputs, head_index).astype(jnp.float32)
+
+  return jax.jit(jax.shard_map(per_core, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
+                               out_specs=P(parallel.AXIS), check_vma=False))
+
+
+def default_mapper():
+  """A mapper over every device of every process (evaluation's default)."""
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  return parallel.Mapper()
+
+
+def split_features(model: nn.Module, variables: Mapping[str, Any], split, *, batch_size: int,
+                   feature: str = 'h', mapper=None) -> Iterator[dict[str, jax.Array]]:
+  """Features of every example of an `evaluation.data.EvalSplit`, data-parallel.
+
+  Each step's global batch is spread over every device of every process (each process reads
+  its own share of the split); nothing is brought back to the host.
+
+  Yields:
+    Per step, global arrays sharded over the mesh: {'features': float32 [B, D],
+    'label': int32 [B], 'mask': bool [B]} (padding rows have mask False).
+  """
+  mapper = mapper or default_mapper()
+  forward = _mapped_forward(model, mapper.mesh, parse_feature(feature))
+  variables = jax.device_put(variables, mapper.replicated)  # once, not every batch
+  for batch in split.batches(device_batch_size(batch_size, mapper)):
+    batch = mapper.put_batch(batch)
+    yield {'features': forward(variables, batch['image']), 'label': batch['label'],
+           'mask': batch['mask']}
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+  """A global array as one NumPy array on every process (in the global order)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(array))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def extract_features(
@@ -87,43 +137,39 @@ def extract_features(
     *,
     batch_size: int,
     feature: str = 'h',
+    mapper=None,
 ) -> np.ndarray:
-  """Runs the model in inference mode over `images` and returns one representation per image.
+  """Runs the model in inference mode over in-memory `images`, data-parallel over the devices,
+  and returns one representation per image, in order, on every process.
 
-  The forward pass is jitted for one batch shape: the last partial batch is padded with zeros to
-  `batch_size` and the padded rows are stripped afterwards, so the result does not depend on
-  `batch_size` and there is a single compilation. `variables` is only read.
+  The forward pass is compiled for one global batch shape (`batch_size` rounded up to a multiple
+  of the devices): the last batch is padded and the padding stripped, so the result does not
+  depend on `batch_size` or the device count. `variables` is only read.
 
   Args:
     model: a `ContrastiveModel` (docs/architecture.md); anything whose `apply(variables, x,
       train=False)` returns a dict with `head_outputs` works.
     variables: `{'params': ..., 'batch_stats': ...}` of the model.
-    images: `[N, H, W, C]` uint8 (scaled by 1/255) or float in [0, 1].
-    batch_size: images per forward pass.
+    images: `[N, H, W, C]` uint8 (scaled by 1/255) or float in [0, 1], the same on every process.
+    batch_size: images per global forward pass.
     feature: `'h'` (encoder output) or `'head_<i>'` (i-th entry of `head_outputs`, i.e. the i-th
       projection layer; `'head_0'` is h).
+    mapper: the `parallel.Mapper` whose devices run it; None: every device.
 
   Returns:
     float32 `[N, D]` NumPy array.
   """
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
-  head_index = parse_feature(feature)
-  num_images = images.shape[0]
-  if num_images == 0:
+  from simclr_jax.evaluation import data  # pylint: disable=g-import-not-at-top
+  parse_feature(feature)
+  device_batch_size(batch_size, mapper or default_mapper())
+  if images.shape[0] == 0:
     raise ValueError('images is empty')
-  # Once, up front: host (NumPy) variables would otherwise be copied to the device every batch.
-  variables = jax.device_put(variables)
-  batches = []
-  for start in range(0, num_images, batch_size):
-    batch = to_model_input(np.asarray(images[start:start + batch_size]))
-    num_real = batch.shape[0]
-    if num_real < batch_size:
-      padding = np.zeros((batch_size - num_real,) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, padding])
-    # Keep results on device until the end so the host loop does not wait on each batch.
-    batches.append((_forward(model, variables, batch, head_index), num_real))
-  return np.concatenate([np.asarray(f)[:n] for f, n in batches])
+  split = data.EvalSplit.from_arrays(images, np.zeros(len(images), np.int32), num_classes=1)
+  # Results stay on the devices until the end, so the host loop does not wait on each batch.
+  steps = [out['features'] for out in split_features(model, variables, split,
+                                                      batch_size=batch_size, feature=feature,
+                                                      mapper=mapper)]
+  return np.concatenate([to_host(f) for f in steps])[:len(images)]
 
 
 def topk_accuracy(logits: np.ndarray | jax.Array, labels: np.ndarray | jax.Array, k: int) -> float:

@@ -98,7 +98,8 @@ def train_supervised(config: ml_collections.ConfigDict, *, num_steps: int,
   batches = pipeline.batches_from_source(
       source, config.augment, image_size=config.dataset.image_size,
       global_batch_size=config.batch_size, seed=config.seed,
-      end_step=None if clock else num_steps, device_augment=config.augment.on_device)
+      end_step=None if clock else num_steps, device_augment=config.augment.on_device,
+      stream_shards=config.dataset.stream_shards)
   t0 = time.time()
   loss = accuracy = jnp.nan
   step, progress = 0, 0.0
