@@ -190,3 +190,31 @@ def test_l2_grid_picks_what_sklearn_cross_validation_picks_on_fashion_mnist():
   assert res['l2_reg'] == chosen and res['classifier'].cv_top1 == scores
   np.testing.assert_array_equal(res['classifier'].kernel, fixed['classifier'].kernel)
   assert res['top1'] == fixed['top1']
+
+
+def test_sigterm_during_the_sgd_protocol_resumes_bitwise(tiny, tmp_path):
+  """The paper's linear protocol on the shared loop: a SIGTERM saves a checkpoint and stops; the
+  rerun in the same workdir continues to the classifier of an uninterrupted run, bit for bit."""
+  import os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  model, variables, images, labels = tiny
+  train = data.EvalSplit.from_arrays(images[:256], labels[:256], num_classes=10)
+  test = data.EvalSplit.from_arrays(images[256:], labels[256:], num_classes=10)
+  kwargs = dict(num_classes=10, epochs=1.5, batch_size=64, learning_rate=1.0,
+                checkpoint_every_steps=100)  # 6 steps; the only mid-run save is the signal's
+  whole = linear.linear_eval_official(model, variables, train, test,
+                                      workdir=str(tmp_path / 'whole'), **kwargs)
+
+  def stop_at_3(step):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  first = linear.linear_eval_official(model, variables, train, test,
+                                      workdir=str(tmp_path / 'cut'), on_step=stop_at_3, **kwargs)
+  assert first['preempted'] and first['top1'] is None
+  resumed = linear.linear_eval_official(model, variables, train, test,
+                                        workdir=str(tmp_path / 'cut'), **kwargs)
+  assert not resumed['preempted'] and resumed['steps'] == whole['steps'] == 6
+  for key in ('kernel', 'bias'):
+    np.testing.assert_array_equal(resumed['classifier'][key], whole['classifier'][key])
+  assert resumed['top1'] == whole['top1']

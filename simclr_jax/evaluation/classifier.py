@@ -138,6 +138,7 @@ def train_classifier(
     log_every_steps: int = 100,
     checkpoint_every_steps: int = 1000,
     name: str = 'classifier',
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> dict[str, Any]:
   """Trains a new linear classifier on `head_outputs[head_layer]`, plus the unfrozen model parts.
 
@@ -173,6 +174,7 @@ def train_classifier(
       resumes (bitwise) from the newest checkpoint. None: no checkpoints.
     log_every_steps, checkpoint_every_steps: as pretraining's.
     name: what trains, for logs.
+    on_step: called with the number of steps done after each step (tests).
 
   Returns:
     `dict(top1=, top5=, train_loss=, variables=, classifier=, preempted=)`: test accuracies,
@@ -225,7 +227,7 @@ def train_classifier(
       rng=train_step_lib.run_key(seed), mapper=mapper, checkpointer=ckpt, writer=writer,
       budget=loop.StepBudget(steps), start_step=start_step, last_saved=restored_step,
       log_every_steps=log_every_steps, checkpoint_every_steps=checkpoint_every_steps, name=name,
-      fix_hint='Lower the learning rate of this protocol, then rerun.')
+      fix_hint='Lower the learning rate of this protocol, then rerun.', on_step=on_step)
   if ckpt is not None:
     ckpt.close()
   state = mapper.get_state(result.state)
