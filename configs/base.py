@@ -62,7 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.depth = 50
   c.model.width_multiplier = 1.0
   c.model.cifar_stem = ml_collections.FieldReference(None, field_type=bool)  # None: H <= 32
-  c.model.dtype = 'float32'  # float32 | bfloat16 (compute); params stay float32
+  # Compute dtype: float32 | bfloat16 | auto (bfloat16 on TPU/GPU, float32 on CPU). Parameters,
+  # optimizer state, BN statistics and the losses (NT-Xent / MoCo softmax, Barlow Twins
+  # correlation) stay float32.
+  c.model.dtype = 'float32'
   c.model.bn_momentum = 0.9
   c.model.bn_epsilon = 1e-5
   c.model.head_mode = 'nonlinear'  # none | linear | nonlinear

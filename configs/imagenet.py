@@ -23,6 +23,7 @@ def imagenet_data_and_eval(c):
   c.dataset.name = 'imagenet2012'
   c.dataset.image_size = 224
   c.augment.preset = 'imagenet'
+  c.model.dtype = 'auto'  # bfloat16 compute on TPU / GPU, float32 on a CPU
   c.eval.batch_size = 1024
   c.eval.protocols = ('linear', 'knn', 'finetune')
   c.eval.linear_epochs = 90.0

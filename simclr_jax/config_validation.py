@@ -12,7 +12,7 @@ _CHOICES = {
     'mapping': ('shard_map', 'pmap'),
     'init': ('pretrained', 'random'),
     'augment.preset': ('imagenet', 'cifar', 'fashion_mnist', 'none'),
-    'model.dtype': ('float32', 'bfloat16'),
+    'model.dtype': ('float32', 'bfloat16', 'auto'),
     'model.head_mode': ('none', 'linear', 'nonlinear'),
     'optimizer.name': ('lars', 'sgd', 'adamw'),
     'optimizer.lr_scaling': ('linear', 'sqrt', 'none'),

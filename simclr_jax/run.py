@@ -68,7 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def summary(results: dict) -> str:
   """The lines the entry point prints at the end."""
-  keys = [k for k in ('step', 'train_loss', 'linear_eval_top1', 'pixel_baseline_top1',
+  keys = [k for k in ('step', 'train_loss', 'linear_eval_top1', 'linear_sgd_top1',
+                      'pixel_baseline_top1',
                       'online_probe_top1', 'random_init_linear_eval_top1', 'knn20_top1',
                       'knn200_top1') if k in results]
   keys += sorted(k for k in results if k.startswith('linear_eval_protocol'))

@@ -8,7 +8,7 @@ entry point merges into `workdir/results.json`.
 | name | in memory (Fashion-MNIST, CIFAR) | streamed (ImageNet) |
 |---|---|---|
 | linear | exact L-BFGS probe on the features (+ the raw-pixel baseline) | the paper's SGD protocol |
-| linear_sgd | the paper's SGD protocol (data-parallel, checkpointed) | same |
+| linear_sgd | the paper's SGD protocol (data-parallel, checkpointed), keys `linear_sgd_*` | same |
 | knn | feature bank sharded over the devices, global top-k | same |
 | finetune | each of config.eval.finetune_fractions, class-balanced subsets | ImageNet's own 1 % / 10 % subsets (TFDS `imagenet2012_subset`), class-balanced elsewhere |
 | label_fraction_linear | L-BFGS probe on label subsets, the mean over several | in memory only |
@@ -57,7 +57,7 @@ def linear(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
   """Linear evaluation: the exact L-BFGS probe where the features fit in memory, else the
   paper's SGD protocol (`linear_sgd`)."""
   if not data.in_memory:
-    return linear_sgd(config, workdir, encoder, data)
+    return _linear_sgd(config, workdir, encoder, data, key='linear_eval')
   train_x, train_y, test_x, test_y, num_classes = data.arrays()
   t0 = time.time()
   train_f = encoder.features(data.train, config.eval.feature)
@@ -83,7 +83,12 @@ def linear(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
 def linear_sgd(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
   """The paper's linear evaluation: a linear layer on the frozen encoder's h, trained with
   Nesterov SGD on cropped and flipped images (config.eval.linear_*), data-parallel, checkpointed
-  under workdir/linear_sgd (a rerun resumes)."""
+  under workdir/linear_sgd (a rerun resumes). Keys `linear_sgd_*`, so it can sit beside the
+  L-BFGS probe's `linear_eval_*` (on streamed data `linear` runs it under those)."""
+  return _linear_sgd(config, workdir, encoder, data, key='linear_sgd')
+
+
+def _linear_sgd(config, workdir, encoder: Encoder, data: data_lib.EvalData, *, key: str) -> dict:
   t0 = time.time()
   p = prefix(config)
   res = linear_lib.linear_eval_official(
@@ -97,9 +102,9 @@ def linear_sgd(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> di
       checkpoint_every_steps=config.checkpoint_every_steps, name='linear evaluation')
   if res['preempted']:
     return {'preempted': True}
-  return {f'{p}linear_eval_top1': res['top1'], f'{p}linear_eval_top5': res['top5'],
-          f'{p}linear_eval_feature': config.eval.feature, f'{p}linear_eval_protocol': 'sgd',
-          f'{p}linear_eval_steps': res['steps'], f'{p}linear_eval_seconds': time.time() - t0,
+  return {f'{p}{key}_top1': res['top1'], f'{p}{key}_top5': res['top5'],
+          f'{p}{key}_feature': config.eval.feature, f'{p}{key}_protocol': 'sgd',
+          f'{p}{key}_steps': res['steps'], f'{p}{key}_seconds': time.time() - t0,
           'encoder_step': encoder.step}
 
 

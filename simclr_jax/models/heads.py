@@ -136,13 +136,25 @@ class ContrastiveModel(nn.Module):
     return dict(h=h, z=head_outputs[-1], head_outputs=head_outputs, probe_logits=probe_logits)
 
 
+def compute_dtype(name: str, backend: Optional[str] = None):
+  """The compute dtype of config.model.dtype: 'float32', 'bfloat16', or 'auto' (bfloat16 on TPU
+  and GPU, float32 on a CPU, whose bfloat16 matmuls and convolutions are emulated and slower).
+  Parameters, optimizer state, BN statistics and the losses stay float32 in every case."""
+  if name == 'auto':
+    name = 'float32' if (backend or jax.default_backend()) == 'cpu' else 'bfloat16'
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES) + ['auto']}, got "
+                     f'{name!r}.')
+  return DTYPES[name]
+
+
 def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
                 axis_name: Optional[str] = None) -> ContrastiveModel:
   """Builds the ContrastiveModel described by `config.model` (see configs/base.py).
 
   Args:
     model_config: config.model: depth, width_multiplier, cifar_stem, dtype ('float32' |
-      'bfloat16'), bn_momentum, bn_epsilon, head_mode, head_num_layers, head_out_dim,
+      'bfloat16' | 'auto', see `compute_dtype`), bn_momentum, bn_epsilon, head_mode, head_num_layers, head_out_dim,
       head_hidden_dim, conv_impl ('xla' | 'im2col' | 'shifted_matmul' | 'auto').
     num_classes: classes of the online linear probe.
     image_size: side of the input views; picks the stem when model_config.cifar_stem is None.
@@ -151,10 +163,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
   Returns:
     An unbound ContrastiveModel.
   """
-  if model_config.dtype not in DTYPES:
-    raise ValueError(
-        f'config.model.dtype must be one of {sorted(DTYPES)}, got {model_config.dtype!r}.')
-  dtype = DTYPES[model_config.dtype]
+  dtype = compute_dtype(model_config.dtype)
   cifar_stem = model_config.cifar_stem
   if cifar_stem is None:
     # Resolved here, from the configured size, so the choice is visible before any tracing.
