@@ -26,6 +26,9 @@ import sys
 import time
 
 os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+# Compile-only: no chip is claimed, so several processes may load libtpu at once (a test beside
+# a running benchmark).
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,18 +69,6 @@ TOPOLOGIES = {
     'v5e-256': ('v5e', 'v5e:16x16', {}),
 }
 CONFIGS = {'simclr': imagenet, 'moco': moco_v2_imagenet, 'barlow_twins': barlow_twins_imagenet}
-
-_TOPOLOGIES = flags.DEFINE_list('topologies', ['v3-32', 'v4-32', 'v5e-256'],
-                                f'Slices, of {sorted(TOPOLOGIES)}.')
-_METHODS = flags.DEFINE_list('methods', ['simclr', 'moco', 'barlow_twins'], 'Methods.')
-_STEPS = flags.DEFINE_list('steps', ['train', 'features', 'linear', 'finetune'], 'Steps.')
-_DTYPES = flags.DEFINE_list('dtypes', ['bfloat16'], 'Compute dtypes (model.dtype).')
-_BATCH_PER_CORE = flags.DEFINE_integer(
-    'batch_per_core', 0, '> 0: this many images per core instead of the config\'s batch.')
-_OVERRIDES = flags.DEFINE_multi_string(
-    'override', [], 'config overrides, e.g. --override=model.depth=18 (tests, studies).')
-_OUT = flags.DEFINE_string('out', '', 'Append the JSON lines to this file.')
-
 
 def topology_devices(name: str):
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -255,23 +246,38 @@ def table(rows) -> str:
   return '\n'.join(lines)
 
 
+def _define_flags():
+  """The command's flags (defined only when run as a script: the test imports this module)."""
+  flags.DEFINE_list('topologies', ['v3-32', 'v4-32', 'v5e-256'],
+                    f'Slices, of {sorted(TOPOLOGIES)}.')
+  flags.DEFINE_list('methods', ['simclr', 'moco', 'barlow_twins'], 'Methods.')
+  flags.DEFINE_list('steps', ['train', 'features', 'linear', 'finetune'], 'Steps.')
+  flags.DEFINE_list('dtypes', ['bfloat16'], 'Compute dtypes (model.dtype).')
+  flags.DEFINE_integer('batch_per_core', 0,
+                       "> 0: this many images per core instead of the config's batch.")
+  flags.DEFINE_multi_string('override', [], 'config overrides, e.g. --override=model.depth=18.')
+  flags.DEFINE_string('out', '', 'Append the JSON lines to this file.')
+
+
 def main(argv):
   del argv
+  f = flags.FLAGS
   rows = []
-  for topology in _TOPOLOGIES.value:
-    for method in _METHODS.value:
-      for step in _STEPS.value:
-        if step != 'train' and method != _METHODS.value[0]:
+  for topology in f.topologies:
+    for method in f.methods:
+      for step in f.steps:
+        if step != 'train' and method != f.methods[0]:
           continue  # the evaluation steps are the same for every method's encoder
-        for dtype in _DTYPES.value:
-          row = run(topology, method, step, dtype, _OVERRIDES.value, _BATCH_PER_CORE.value)
+        for dtype in f.dtypes:
+          row = run(topology, method, step, dtype, f.override, f.batch_per_core)
           print(json.dumps(row), flush=True)
-          if _OUT.value:
-            with open(_OUT.value, 'a') as f:
-              f.write(json.dumps(row) + '\n')
+          if f.out:
+            with open(f.out, 'a') as out:
+              out.write(json.dumps(row) + '\n')
           rows.append(row)
   print(table(rows))
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
