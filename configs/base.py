@@ -51,6 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.augment.blur = False
   c.augment.crop_area_min = 0.08
   c.augment.crop_area_max = 1.0
+  # How crop windows are drawn: inception (area-uniform, log-uniform aspect: torchvision's
+  # RandomResizedCrop, which MoCo and Barlow Twins use) | tf_bounding_box (TF's
+  # sample_distorted_bounding_box as the official SimCLR code calls it: smaller crops, median
+  # area 0.39 against 0.48; docs/parity.md).
+  c.augment.crop_sampler = 'inception'
   c.augment.ops = ()  # optional ordered op names (studies); empty = the preset's composition
   c.augment.ops_view2 = ()  # ops for the second view only; empty = same as ops
   # True: tf.data only gathers uint8 images and the train step draws both views (the same

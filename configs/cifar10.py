@@ -16,6 +16,7 @@ def get_config():
   c.dataset.name = 'cifar10'
   c.dataset.image_size = 32
   c.augment.preset = 'cifar'
+  c.augment.crop_sampler = 'tf_bounding_box'  # the official code's crop (docs/parity.md)
   c.augment.color_strength = 0.5
   c.augment.blur = False
   c.model.depth = 50

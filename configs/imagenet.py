@@ -37,6 +37,7 @@ def imagenet_data_and_eval(c):
 
 def get_config():
   c = imagenet_data_and_eval(base.get_config())
+  c.augment.crop_sampler = 'tf_bounding_box'  # the official code's crop (docs/parity.md)
   c.augment.color_strength = 1.0
   c.augment.blur = True
   c.model.depth = 50

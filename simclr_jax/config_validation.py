@@ -12,6 +12,7 @@ _CHOICES = {
     'mapping': ('shard_map', 'pmap'),
     'init': ('pretrained', 'random'),
     'augment.preset': ('imagenet', 'cifar', 'fashion_mnist', 'none'),
+    'augment.crop_sampler': ('inception', 'tf_bounding_box'),
     'model.dtype': ('float32', 'bfloat16', 'auto'),
     'model.head_mode': ('none', 'linear', 'nonlinear'),
     'optimizer.name': ('lars', 'sgd', 'adamw'),

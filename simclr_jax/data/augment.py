@@ -32,6 +32,9 @@ PAPER_COLOR_STRENGTH = {'imagenet': 1.0, 'cifar': 0.5, 'fashion_mnist': 0.5, 'no
 # Inception / SimCLR crop: ratio of the crop's aspect is log-uniform in [3/4, 4/3].
 ASPECT_RANGE = (3. / 4., 4. / 3.)
 CROP_MAX_TRIES = 10
+# The official SimCLR crop (`bounding_box_crop_window`).
+BBOX_MIN_OBJECT_COVERED = 0.1
+BBOX_MAX_ATTEMPTS = 100
 BLUR_SIGMA_RANGE = (0.1, 2.0)
 FLIP_P = 0.5
 GRAYSCALE_P = 0.2
@@ -141,23 +144,69 @@ def crop_window(image_hw, seed, area_range: Sequence[float] = (0.08, 1.0),
   return tf.cast(tf.stack([off_y, off_x, h, w]), tf.int32)
 
 
+def bounding_box_crop_window(image_hw, seed, area_range: Sequence[float] = (0.08, 1.0),
+                             aspect_range: Sequence[float] = ASPECT_RANGE,
+                             min_object_covered: float = BBOX_MIN_OBJECT_COVERED,
+                             max_attempts: int = BBOX_MAX_ATTEMPTS) -> tf.Tensor:
+  """The official SimCLR crop window: TensorFlow's own `sample_distorted_bounding_box`.
+
+  The official code (`data_util.crop_and_resize`) crops with `min_object_covered=0.1`, aspect
+  ratios uniform (not log-uniform) in (3/4, 4/3) x the output's, areas (0.08, 1) and 100
+  attempts, with the whole image as the one bounding box. TF's sampler is not area-uniform:
+  per attempt it draws the aspect ratio, then the crop's *height* uniformly among the integers
+  between those of the smallest and largest allowed area (so the area grows as the square of a
+  uniform variable: smaller crops than an area-uniform draw), the offsets uniformly in
+  [0, H - h) and [0, W - w); an attempt whose area is under 10 % of the image fails the
+  min_object_covered test; after 100 failed attempts the crop is the whole image. Here it is
+  TF's stateless op, so it is that distribution exactly, seeded by `seed`.
+
+  Args:
+    image_hw: (H, W), ints or int tensors.
+    seed: [2] stateless seed.
+    area_range: (min, max) fraction of the image area.
+    aspect_range: (min, max) aspect ratio w/h, sampled uniformly.
+    min_object_covered: the least fraction of the image the crop must cover.
+    max_attempts: attempts before the whole image is taken.
+
+  Returns:
+    int32 [4]: (offset_y, offset_x, crop_h, crop_w).
+  """
+  image_size = tf.stack([tf.cast(image_hw[0], tf.int32), tf.cast(image_hw[1], tf.int32), 1])
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_size, tf.constant([[[0., 0., 1., 1.]]]), seed=tf.cast(as_seed(seed), tf.int64),
+      min_object_covered=min_object_covered, aspect_ratio_range=tuple(aspect_range),
+      area_range=tuple(area_range), max_attempts=max_attempts,
+      use_image_if_no_bounding_boxes=True)
+  return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+CROP_SAMPLERS = {'inception': crop_window, 'tf_bounding_box': bounding_box_crop_window}
+
+
 def random_resized_crop(image: tf.Tensor, seed, size: int,
                         area_range: Sequence[float] = (0.08, 1.0),
-                        aspect_range: Sequence[float] = ASPECT_RANGE) -> tf.Tensor:
-  """Crops a random window (see `crop_window`) and resizes it bicubically to [size, size, C].
+                        aspect_range: Sequence[float] = ASPECT_RANGE,
+                        sampler: str = 'inception') -> tf.Tensor:
+  """Crops a random window and resizes it bicubically to [size, size, C].
 
   Args:
     image: [H, W, C] float32 in [0, 1].
     seed: [2] stateless seed.
     size: output side.
     area_range: crop area as a fraction of the image, (min, max).
-    aspect_range: crop aspect ratio w/h, (min, max), sampled log-uniformly.
+    aspect_range: crop aspect ratio w/h, (min, max).
+    sampler: 'inception' (`crop_window`: area-uniform, log-uniform aspect, torchvision's
+      RandomResizedCrop) or 'tf_bounding_box' (`bounding_box_crop_window`: the official SimCLR
+      code's); `config.augment.crop_sampler`.
 
   Returns:
     [size, size, C] float32 in [0, 1].
   """
   shape = tf.shape(image)
-  window = crop_window((shape[0], shape[1]), seed, area_range, aspect_range)
+  if sampler not in CROP_SAMPLERS:
+    raise ValueError(f'config.augment.crop_sampler must be one of {sorted(CROP_SAMPLERS)}, got '
+                     f'{sampler!r}')
+  window = CROP_SAMPLERS[sampler]((shape[0], shape[1]), seed, area_range, aspect_range)
   crop = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], -1])
   out = resize(crop, size)
   return tf.ensure_shape(out, (size, size, image.shape[-1]))
@@ -379,6 +428,11 @@ def gaussian_noise(image: tf.Tensor, seed, max_std: float = 0.1, p: float = 1.0)
 # ----------------------------------------------------------------------------------------------
 # Composition.
 
+def crop_sampler(cfg) -> str:
+  """config.augment.crop_sampler ('inception' for configs saved before the field existed)."""
+  return cfg.get('crop_sampler', 'inception')
+
+
 def crop_area_range(cfg) -> tuple[float, float]:
   """(min, max) crop area fraction from `config.augment`."""
   return (float(cfg.get('crop_area_min', 0.08)), float(cfg.get('crop_area_max', 1.0)))
@@ -386,7 +440,8 @@ def crop_area_range(cfg) -> tuple[float, float]:
 
 # name -> fn(image, seed, augment_config, image_size); 'crop' is the only op that sets the size.
 OPS: dict[str, Callable[..., tf.Tensor]] = {
-    'crop': lambda x, s, c, n: random_resized_crop(x, s, n, crop_area_range(c)),
+    'crop': lambda x, s, c, n: random_resized_crop(x, s, n, crop_area_range(c),
+                                                   sampler=crop_sampler(c)),
     'flip': lambda x, s, c, n: random_flip(x, s),
     'color_jitter': lambda x, s, c, n: color_jitter(x, s, float(c.get('color_strength', 0.5))),
     'brightness_contrast': lambda x, s, c, n: color_jitter(

@@ -90,6 +90,57 @@ def crop_window(key: jax.Array, image_hw: tuple[int, int],
   return jnp.stack([off_y, off_x, h, w]).astype(jnp.int32)
 
 
+def bounding_box_crop_window(key: jax.Array, image_hw: tuple[int, int],
+                             area_range: Sequence[float]) -> jax.Array:
+  """int32 [4] (offset_y, offset_x, h, w): the distribution of
+  `augment.bounding_box_crop_window` (TF's sample_distorted_bounding_box as the official SimCLR
+  code calls it), its 100 attempts drawn at once and the first that passes taken.
+
+  Per attempt, as TF's `GenerateRandomCrop`: aspect a ~ U(3/4, 4/3); the crop height h uniform
+  over the integers [rint(sqrt(min_area / a)), rint(sqrt(max_area / a))] (the top clamped so
+  that rint(h * a) <= W and h <= H); w = rint(h * a); one step up if the area is under the
+  minimum, one down if over the maximum; the attempt fails if the area or the sides are still
+  out of range, or the area is under min_object_covered of the image. Offsets uniform in
+  [0, H - h) and [0, W - w) (0 when the side is full). No attempt passing: the whole image.
+  """
+  height, width = (int(v) for v in image_hw)
+  attempts = augment.BBOX_MAX_ATTEMPTS
+  k_ratio, k_height, k_offset = jax.random.split(key, 3)
+  low, high = augment.ASPECT_RANGE
+  ratio = jax.random.uniform(k_ratio, (attempts,), minval=low, maxval=high)
+  min_area = jnp.float32(area_range[0] * height * width)
+  max_area = jnp.float32(area_range[1] * height * width)
+  h_low = jnp.rint(jnp.sqrt(min_area / ratio))
+  h_high = jnp.rint(jnp.sqrt(max_area / ratio))
+  too_wide = jnp.rint(h_high * ratio) > width
+  clamped = jnp.floor((width + 0.5 - 1e-7) / ratio)
+  clamped = jnp.where(jnp.rint(clamped * ratio) > width, clamped - 1, clamped)
+  h_high = jnp.minimum(jnp.where(too_wide, clamped, h_high), height)
+  h_low = jnp.minimum(h_low, h_high)
+  # Uniform over the closed integer range [h_low, h_high].
+  h = h_low + jnp.floor(jax.random.uniform(k_height, (attempts,)) * (h_high - h_low + 1))
+  h = jnp.minimum(h, h_high)
+  w = jnp.rint(h * ratio)
+  h = jnp.where(w * h < min_area, h + 1, h)
+  w = jnp.rint(h * ratio)
+  h = jnp.where(w * h > max_area, h - 1, h)
+  w = jnp.rint(h * ratio)
+  area = w * h
+  ok = ((area >= min_area) & (area <= max_area) & (w <= width) & (h <= height) & (w > 0)
+        & (h > 0) & (area >= augment.BBOX_MIN_OBJECT_COVERED * height * width))
+  first = jnp.argmax(ok)
+  any_ok = jnp.any(ok)
+  h = jnp.where(any_ok, h[first], height)
+  w = jnp.where(any_ok, w[first], width)
+  u = jax.random.uniform(k_offset, (2,))
+  off_y = jnp.where(h < height, jnp.floor(u[0] * (height - h)), 0)
+  off_x = jnp.where(w < width, jnp.floor(u[1] * (width - w)), 0)
+  return jnp.stack([off_y, off_x, h, w]).astype(jnp.int32)
+
+
+CROP_SAMPLERS = {'inception': crop_window, 'tf_bounding_box': bounding_box_crop_window}
+
+
 def jitter_params(key: jax.Array, strength: float) -> jax.Array:
   """float32 [4]: (apply, brightness, contrast, brightness before contrast), as
   `augment.color_jitter_params` restricted to brightness and contrast."""
@@ -109,7 +160,8 @@ def view_params(key: jax.Array, ops: Sequence[str], augment_config,
   for i, name in enumerate(ops):
     k = jax.random.fold_in(key, i)
     if name == 'crop':
-      out.append(crop_window(k, image_hw, augment.crop_area_range(augment_config)))
+      sampler = CROP_SAMPLERS[augment.crop_sampler(augment_config)]
+      out.append(sampler(k, image_hw, augment.crop_area_range(augment_config)))
     elif name == 'flip':
       out.append(jax.random.uniform(k) < augment.FLIP_P)
     elif name == 'grayscale':
