@@ -218,3 +218,15 @@ def test_sigterm_during_the_sgd_protocol_resumes_bitwise(tiny, tmp_path):
   for key in ('kernel', 'bias'):
     np.testing.assert_array_equal(resumed['classifier'][key], whole['classifier'][key])
   assert resumed['top1'] == whole['top1']
+
+
+def test_rerun_with_other_settings_is_a_clear_error(tiny, tmp_path):
+  """A protocol's workdir resumes only the run that wrote it; other settings name the fix."""
+  from simclr_jax import config_validation  # pylint: disable=g-import-not-at-top
+  model, variables, images, labels = tiny
+  train = data.EvalSplit.from_arrays(images[:64], labels[:64], num_classes=10)
+  linear.linear_eval_official(model, variables, train, train, num_classes=10, epochs=1,
+                              batch_size=32, workdir=str(tmp_path))
+  with pytest.raises(config_validation.ConfigError, match='learning_rate.*delete'):
+    linear.linear_eval_official(model, variables, train, train, num_classes=10, epochs=1,
+                                batch_size=32, learning_rate=0.5, workdir=str(tmp_path))

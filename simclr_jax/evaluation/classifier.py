@@ -213,6 +213,11 @@ def train_classifier(
   ckpt, restored_step = None, None
   if workdir is not None:
     metric_writer.makedirs(workdir)
+    _check_settings(workdir, dict(
+        name=name, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+        momentum=momentum, seed=seed, fine_tune_after_block=fine_tune_after_block,
+        head_layer=head_layer, train_head=train_head, num_classes=num_classes,
+        train_examples=int(train.num_examples), augment=_describe(augment_fn)))
     ckpt = checkpoint.Checkpointer(workdir, max_to_keep=1)
     restored_step, state = ckpt.restore_latest(state)
   start_step = int(state.step)
@@ -242,6 +247,39 @@ def train_classifier(
     out.update(evaluate(model, new_variables, classifier, test, head_layer=head_layer,
                         batch_size=eval_batch_size, mapper=mapper))
   return out
+
+
+SETTINGS_FILE = 'classifier_settings.json'
+
+
+def _describe(fn) -> str:
+  """A function (or partial) by name and bound arguments: the same in every process."""
+  if fn is None:
+    return 'none'
+  if isinstance(fn, functools.partial):
+    return f'{_describe(fn.func)}({fn.args}, {sorted(fn.keywords.items())})'
+  return f'{fn.__module__}.{fn.__qualname__}'
+
+
+def _check_settings(workdir: str, settings: dict) -> None:
+  """A workdir's checkpoints resume only the run that wrote them: the same protocol settings, or
+  a clear error (a resumed run with another learning rate or length would mix two runs)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from tensorflow.io import gfile  # pylint: disable=g-import-not-at-top  (handles gs://)
+  from simclr_jax import config_validation  # pylint: disable=g-import-not-at-top
+  path = f'{workdir.rstrip("/")}/{SETTINGS_FILE}'
+  settings = json.loads(json.dumps(settings))
+  if gfile.exists(path):
+    with gfile.GFile(path) as f:
+      saved = json.load(f)
+    if saved != settings:
+      changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+      raise config_validation.ConfigError(
+          f'{workdir} holds a {saved.get("name")} run with other settings ({", ".join(changed)}: '
+          f'{[saved.get(k) for k in changed]} there, {[settings.get(k) for k in changed]} now); '
+          f'delete {workdir} to run afresh with these, or restore the settings to resume it.')
+    return
+  metric_writer.write_json(path, settings, merge=False)
 
 
 @functools.lru_cache(maxsize=8)
