@@ -131,6 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.linear_epochs = 90.0
   c.eval.linear_batch_size = 4096
   c.eval.linear_learning_rate = -1.0
+  c.eval.linear_augment = 'crop_flip'  # crop_flip (the paper's) | flip | none
 
   # MoCo (He et al. 2020; v2: Chen et al. 2020), used when method == 'moco'. The temperature is
   # config.loss.temperature (0.07 v1, 0.2 v2).

@@ -13,6 +13,7 @@ _CHOICES = {
     'init': ('pretrained', 'random'),
     'augment.preset': ('imagenet', 'cifar', 'fashion_mnist', 'none'),
     'augment.crop_sampler': ('inception', 'tf_bounding_box'),
+    'eval.linear_augment': ('crop_flip', 'flip', 'none'),
     'model.dtype': ('float32', 'bfloat16', 'auto'),
     'model.head_mode': ('none', 'linear', 'nonlinear'),
     'optimizer.name': ('lars', 'sgd', 'adamw'),

@@ -96,7 +96,7 @@ def _linear_sgd(config, workdir, encoder: Encoder, data: data_lib.EvalData, *, k
       epochs=config.eval.linear_epochs, batch_size=config.eval.linear_batch_size,
       learning_rate=(config.eval.linear_learning_rate if config.eval.linear_learning_rate > 0
                      else None), feature=config.eval.feature, seed=config.seed,
-      augment_fn=finetune_augment(data.train.image_shape[0]),
+      augment_fn=linear_augment(config, data.train.image_shape[0]),
       eval_batch_size=config.eval.batch_size, mapper=encoder.mapper,
       workdir=os.path.join(workdir, f'{p}linear_sgd'), log_every_steps=config.log_every_steps,
       checkpoint_every_steps=config.checkpoint_every_steps, name='linear evaluation')
@@ -106,6 +106,21 @@ def _linear_sgd(config, workdir, encoder: Encoder, data: data_lib.EvalData, *, k
           f'{p}{key}_feature': config.eval.feature, f'{p}{key}_protocol': 'sgd',
           f'{p}{key}_steps': res['steps'], f'{p}{key}_seconds': time.time() - t0,
           'encoder_step': encoder.step}
+
+
+def linear_augment(config, image_side: int):
+  """The SGD linear protocol's augmentation (config.eval.linear_augment): 'crop_flip' (the
+  paper's), 'flip', or 'none'."""
+  choice = config.eval.get('linear_augment', 'crop_flip')
+  if choice == 'crop_flip':
+    return finetune_augment(image_side)
+  if choice == 'flip':
+    return functools.partial(finetune_lib.crop_and_flip, area_range=(1.0, 1.0),
+                             aspect_ratio_range=(1.0, 1.0))
+  if choice == 'none':
+    return None
+  raise ValueError(f"config.eval.linear_augment must be 'crop_flip', 'flip' or 'none', got "
+                   f'{choice!r}')
 
 
 def knn(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
