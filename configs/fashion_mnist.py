@@ -61,9 +61,8 @@ def get_config():
   # The paper's SGD linear protocol (--config.eval.protocols='("linear_sgd",)'), sized for 60,000
   # images of 28 px: from one 4-minute checkpoint (1,031 steps, 2-core Xeon, 2026-12-05) it gives
   # 0.8356 top-1 with flips only (0.8375 unaugmented), against 0.8428 for the exact L-BFGS probe;
-  # the paper's crops
-  # (area 0.5-1 at this size) cost two points more (0.8141), 4,096-image batches for 20 epochs
-  # five (0.7735) (docs/evaluation.md).
+  # the paper's crops (area 0.5-1 at this size) cost two points more (0.8141), 4,096-image
+  # batches for 20 epochs five (0.7735) (docs/evaluation.md).
   c.eval.linear_batch_size = 256
   c.eval.linear_epochs = 10.0
   c.eval.linear_augment = 'flip'
