@@ -10,6 +10,8 @@ op's 0.389 stands there. Our tf.data path calls TF's stateless form of the op; t
 re-implements its rules in JAX. Every entry is held to 0.02.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -31,12 +33,14 @@ def _stats(windows: np.ndarray, side: int) -> np.ndarray:
   return np.array([area.mean(), area.min(), *np.quantile(area, [0.25, 0.5, 0.75, 0.9])])
 
 
+@functools.lru_cache(maxsize=None)
 def _tf_windows(side: int) -> np.ndarray:
   seeds = tf.cast(tf.stack([tf.fill([DRAWS_TF], 0), tf.range(DRAWS_TF)], axis=1), tf.int64)
   return tf.map_fn(lambda s: augment.bounding_box_crop_window((side, side), s), seeds,
                    fn_output_signature=tf.int32).numpy()
 
 
+@functools.lru_cache(maxsize=None)
 def _jax_windows(side: int) -> np.ndarray:
   keys = jax.random.split(jax.random.key(0), DRAWS_JAX)
   draw = jax.vmap(lambda k: device_augment.bounding_box_crop_window(k, (side, side), (0.08, 1.)))
