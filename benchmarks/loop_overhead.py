@@ -19,7 +19,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,16 +40,11 @@ def _worker(tree: str, steps: int, skip: int, num_devices: int) -> dict:
   logging.set_verbosity('error')
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
   from simclr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
-  for key, value in OVERRIDES.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import train_loop  # pylint: disable=g-import-not-at-top  (this benchmark's sibling)
+  train_loop.set_overrides(config, OVERRIDES)
   config.num_devices = num_devices
   config.num_train_steps = steps
-  config.log_every_steps = steps
-  config.checkpoint_every_steps = steps
   # (1) The step alone, on one batch already on the devices.
   s = train.setup(config)
   step_fn = train.make_step(s)
@@ -71,15 +65,7 @@ def _worker(tree: str, steps: int, skip: int, num_devices: int) -> dict:
   device_s = (time.perf_counter() - t0) / (steps - skip)
   del state
   # (2) The whole loop.
-  times = {}
-
-  def on_step(done):
-    if done in (skip, steps):
-      times[done] = time.perf_counter()
-
-  with tempfile.TemporaryDirectory() as workdir:
-    train.pretrain(config, workdir, on_step=on_step)
-  loop_s = (times[steps] - times[skip]) / (steps - skip)
+  loop_s = train_loop.pretrain_seconds_per_step(train, config, steps, skip)
   return dict(device_ms=1e3 * device_s, loop_ms=1e3 * loop_s,
               host_ms=1e3 * (loop_s - device_s), steps_per_s=1 / loop_s,
               devices=int(np.asarray(s.mapper.num_devices)))

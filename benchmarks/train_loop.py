@@ -37,17 +37,28 @@ def _worker(config_path: str, overrides: list[str], steps: int, skip: int) -> fl
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  for override in overrides:
-    key, value = override.split('=', 1)
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[leaf] = type(node[leaf])(value == 'True' if isinstance(node[leaf], bool) else value)
+  set_overrides(config, dict(o.split('=', 1) for o in overrides))
   xla_setup.apply_xla_flags(config.xla_flags)
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity('error')
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  return 1 / pretrain_seconds_per_step(train, config, steps, skip)
+
+
+def set_overrides(config, overrides: dict) -> None:
+  """Sets dotted `key: value` fields of a ConfigDict (values cast to the field's type)."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    kind = type(node[leaf])
+    node[leaf] = (str(value) == 'True') if kind is bool else kind(value)
+
+
+def pretrain_seconds_per_step(train, config, steps: int, skip: int) -> float:
+  """Seconds per step of `train.pretrain` (the given module: another checkout's too) over the
+  steps after `skip`, metrics logged and a checkpoint written only at the end."""
   config.num_train_steps = steps
   config.checkpoint_every_steps = steps
   config.log_every_steps = steps
@@ -59,7 +70,7 @@ def _worker(config_path: str, overrides: list[str], steps: int, skip: int) -> fl
 
   with tempfile.TemporaryDirectory() as workdir:
     train.pretrain(config, workdir, on_step=on_step)
-  return (steps - skip) / (times[steps] - times[skip])
+  return (times[steps] - times[skip]) / (steps - skip)
 
 
 def main():
