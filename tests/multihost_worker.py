@@ -17,6 +17,9 @@ Runs the project's real code path on real Fashion-MNIST with the tiny test confi
      kNN, 1 % and 10 % fine-tuning) shrunk to a tiny model and a few steps, on the streamed
      stand-in of real images written by `simclr_jax.data.standin` into that TFDS data_dir;
      results.json goes to DIR/standin_results.json (process 0).
+  4. 'sigterm' phase (with --sigterm_workdir): `train.pretrain` for up to SIGTERM_STEPS steps,
+     metrics every 4; process 1 (only) receives SIGTERM after step 6. The processes agree on the
+     signal at the next log step, both save that step and return preempted; DIR/sigterm_<id>.json.
 With --num_processes=1 (no coordinator) it is the single-process reference on all local devices.
 """
 
@@ -134,6 +137,25 @@ def standin_phase(out_dir: str, workdir: str, data_dir: str) -> None:
       json.dump(results, f)
 
 
+SIGTERM_STEPS = 40
+SIGTERM_AFTER_STEP = 6
+
+
+def sigterm_phase(out_dir: str, workdir: str) -> None:
+  import signal  # pylint: disable=g-import-not-at-top
+  config = helpers.tiny_config(**{'dataset.max_train_examples': MAX_TRAIN_EXAMPLES,
+                                  'num_train_steps': SIGTERM_STEPS, 'log_every_steps': 4,
+                                  'checkpoint_every_steps': 100})
+
+  def on_step(step):
+    if jax.process_index() == 1 and step == SIGTERM_AFTER_STEP:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  out = train.pretrain(config, workdir, on_step=on_step)
+  with open(os.path.join(out_dir, f'sigterm_{jax.process_index()}.json'), 'w') as f:
+    json.dump({'step': out['step'], 'preempted': out['preempted']}, f)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--coordinator', default=None, help='host:port of process 0')
@@ -145,6 +167,8 @@ def main() -> None:
                       help='TFDS data_dir holding the streamed stand-in: also run the ImageNet '
                       'config on it')
   parser.add_argument('--standin_workdir', default=None, help='workdir of the stand-in run')
+  parser.add_argument('--sigterm_workdir', default=None,
+                      help='also run the SIGTERM phase into this workdir')
   parser.add_argument('--compilation_cache', default=None,
                       help='persistent XLA cache folder: the pretrain phase compiles the same '
                       'step as the step phase, so it reuses that compilation')
@@ -165,6 +189,8 @@ def main() -> None:
   t3 = time.time()
   if args.standin_dir:
     standin_phase(args.out, args.standin_workdir, args.standin_dir)
+  if args.sigterm_workdir:
+    sigterm_phase(args.out, args.sigterm_workdir)
   print(f'process {jax.process_index()}: done (init {t1 - t0:.1f} s, step phase {t2 - t1:.1f} s, '
         f'pretrain phase {t3 - t2:.1f} s, stand-in phase {time.time() - t3:.1f} s)', flush=True)
 

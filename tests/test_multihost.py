@@ -86,6 +86,7 @@ def runs(tmp_path_factory):
     args = [f'--coordinator={coordinator}', '--num_processes=2', f'--process_id={i}',
             f'--out={out2}', f'--workdir={workdir}', f'--standin_dir={standin_dir}',
             f'--standin_workdir={root / "standin_two"}',
+            f'--sigterm_workdir={root / "sigterm"}',
             # One cache for both: JAX writes it from process 0 only, and both read it.
             f'--compilation_cache={root / "xla_cache"}']
     path = str(root / f'process_{i}.log')
@@ -99,7 +100,9 @@ def runs(tmp_path_factory):
               pretrain=[dict(np.load(out2 / f'pretrain_{i}.npz')) for i in range(2)],
               workdir=str(workdir),
               standin={n: json.load(open(out / 'standin_results.json'))
-                       for n, out in (('two', out2), ('one', out1))})
+                       for n, out in (('two', out2), ('one', out1))},
+              sigterm=[json.load(open(out2 / f'sigterm_{i}.json')) for i in range(2)],
+              sigterm_workdir=str(root / 'sigterm'))
 
 
 def _params(d):
@@ -157,3 +160,13 @@ def test_imagenet_config_on_streamed_standin_two_processes_equal_one(runs):
   assert one['linear_eval_protocol'] == 'sgd'  # streamed: the paper's protocol, not L-BFGS
   assert one['finetune_1pct_num_labels'] == 10 and one['finetune_10pct_num_labels'] == 50
   assert one['step'] == 2
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(runs):
+  """SIGTERM reaches process 1 alone after step 6; the stop is agreed across processes at the
+  next log step (8: metrics every 4), where both save the same checkpoint and stop."""
+  steps = [r['step'] for r in runs['sigterm']]
+  assert all(r['preempted'] for r in runs['sigterm']) and steps == [8, 8]
+  saved = sorted(int(os.path.basename(p)) for p in
+                 glob.glob(os.path.join(runs['sigterm_workdir'], 'checkpoints', '[0-9]*')))
+  assert saved == [8]
