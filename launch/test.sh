@@ -7,4 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install.sh requirements-dev.txt
 source launch/cpu_env.sh  # tcmalloc preloaded (where installed), TF quiet
-python3 -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests "$@"
+# A test that runs 15 minutes is hung: pytest-timeout prints every thread's stack and ends that
+# worker (the test fails, the suite goes on).
+python3 -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --timeout=900 --timeout-method=thread \
+  tests "$@"

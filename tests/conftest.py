@@ -43,6 +43,13 @@ from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top,wrong-im
 # default level.
 TEST_XLA_FLAGS = ('' if os.environ.get('SIMCLR_TEST_XLA_OPT', '0') == '1'
                   else '--xla_backend_optimization_level=0')
+# The simulated devices of one program meet at each collective (a rendezvous of 8 threads). XLA
+# ends the process when one of them is 60 s late (20 s warning + 40 s), which on a loaded 2-core
+# machine (two pytest workers, subprocesses, compiles) can happen to a program that is merely
+# slow. The suite waits up to 10 minutes; a hang beyond that is pytest-timeout's (launch/test.sh),
+# which prints every thread's stack.
+TEST_XLA_FLAGS += (' --xla_cpu_collective_call_warn_stuck_timeout_seconds=60'
+                   ' --xla_cpu_collective_call_terminate_timeout_seconds=600')
 xla_setup.apply_xla_flags(f'{base.get_config().xla_flags} {TEST_XLA_FLAGS}')
 jax.config.update('jax_num_cpu_devices', 8)
 

@@ -1,13 +1,18 @@
 """The project's steps compile for a TPU slice on this CPU host (libtpu, no TPU): deviceless AOT.
 
 benchmarks/tpu_compile.py compiles the ImageNet configs' steps at full size for v3-32, v4-32 and
-v5e-256 (docs/scaling.md); this test runs the same code on a small config and a v3-8, so a change
-that breaks the TPU lowering (a collective, a sharding, a dtype) fails here.
+v5e-256 (docs/scaling.md); this test runs the same command on a small config and a v3-8, so a
+change that breaks the TPU lowering (a collective, a sharding, a dtype) fails here. The command
+runs in its own process: libtpu, once loaded, stays in a process for good (its own threads and
+signal handlers), and the pytest worker goes on to run the rest of the suite.
 """
 
 import importlib.util
+import json
 import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -28,8 +33,19 @@ def tpu_compile():
   return module
 
 
-def test_small_train_step_compiles_for_a_v3_8_and_fits(tpu_compile):
-  row = tpu_compile.run('v3-8', 'simclr', 'train', 'bfloat16', SMALL, batch_per_core=8)
+def _compile_in_a_process(tmp_path, **flags) -> dict:
+  out = tmp_path / 'rows.jsonl'
+  args = [f'--{k}={v}' for k, v in flags.items()] + [f'--override={o}' for o in SMALL]
+  done = subprocess.run([sys.executable, _PATH, *args, f'--out={out}'], timeout=600,
+                        capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+  return row
+
+
+def test_small_train_step_compiles_for_a_v3_8_and_fits(tpu_compile, tmp_path):
+  row = _compile_in_a_process(tmp_path, topologies='v3-8', methods='simclr', steps='train',
+                              dtypes='bfloat16', batch_per_core=8)
   assert row['devices'] == 8 and row['global_batch'] == 64
   # A ResNet-18 x1/4 at 32 px and 8 images (16 views) per core: well under the 16 GiB of a core.
   assert 0 < row['resident_gib'] < 1 and row['hbm_free'] > 0.9
