@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax.methods import simclr
+from simclr_jax.methods import losses
 from tests import reference
 
 
@@ -22,7 +22,7 @@ def _z(n, d, seed):
 def test_matches_numpy_reference(n, d, temperature):
   z_a, z_b = _z(n, d, seed=n * d)
   want_loss, want_ga, want_gb = reference.nt_xent(z_a, z_b, temperature)
-  fn = lambda a, b: simclr.nt_xent(a, b, temperature=temperature)[0]
+  fn = lambda a, b: losses.nt_xent(a, b, temperature=temperature)[0]
   loss = fn(z_a, z_b)
   ga, gb = jax.grad(fn, argnums=(0, 1))(z_a, z_b)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
@@ -34,16 +34,16 @@ def test_unnormalized_matches_reference():
   z_a, z_b = _z(6, 4, seed=1)
   z_a, z_b = z_a * 0.3, z_b * 0.3
   want, _, _ = reference.nt_xent(z_a, z_b, 0.5, normalize=False)
-  got, _ = simclr.nt_xent(z_a, z_b, temperature=0.5, normalize=False)
+  got, _ = losses.nt_xent(z_a, z_b, temperature=0.5, normalize=False)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_perfect_pairs_rank_first():
   z = np.eye(8, dtype=np.float32)
-  _, metrics = simclr.nt_xent(z, z, temperature=0.1)
+  _, metrics = losses.nt_xent(z, z, temperature=0.1)
   assert float(metrics['contrast_accuracy']) == 1.0
   z_a, z_b = _z(64, 8, seed=3)
-  _, metrics = simclr.nt_xent(z_a, z_b, temperature=0.1)
+  _, metrics = losses.nt_xent(z_a, z_b, temperature=0.1)
   assert float(metrics['contrast_accuracy']) < 0.3  # unrelated pairs: near chance (1/127)
 
 
@@ -53,13 +53,13 @@ def _sharded_loss_and_grads(z_a, z_b, temperature, num_devices):
 
   def per_core(a, b):
     def loss_fn(a, b):
-      loss, metrics = simclr.nt_xent(a, b, temperature=temperature, axis_name='batch')
+      loss, metrics = losses.nt_xent(a, b, temperature=temperature, axis_name='batch')
       return loss, metrics
     (loss, metrics), (ga, gb) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(a, b)
     # The gradient w.r.t. this core's rows includes every core's loss terms (all_gather's
     # transpose sums them); dividing by the core count gives d(mean over cores)/dz.
     ga, gb = ga / num_devices, gb / num_devices
-    logits, _, _ = simclr.contrastive_logits(a, b, temperature=temperature, axis_name='batch')
+    logits, _, _ = losses.contrastive_logits(a, b, temperature=temperature, axis_name='batch')
     return (jax.lax.pmean(loss, 'batch'), jax.lax.pmean(metrics, 'batch'), ga, gb,
             jnp.asarray(logits.shape)[None])
 
@@ -95,4 +95,4 @@ def test_eight_devices_equal_one(temperature):
 ])
 def test_bad_input_is_a_clear_error(bad):
   with pytest.raises(ValueError, match='shape|temperature'):
-    simclr.nt_xent(bad['z_a'], bad['z_b'], temperature=bad['temperature'])
+    losses.nt_xent(bad['z_a'], bad['z_b'], temperature=bad['temperature'])

@@ -1,9 +1,22 @@
-"""The contrastive losses SimCLR compares in section 5.1: NT-Logistic and margin triplet.
+"""Contrastive losses over the global batch: NT-Xent (SimCLR) and the two the paper compares it
+with in section 5.1, NT-Logistic and margin triplet.
+
+## NT-Xent (Chen et al. 2020, eq. 1)
+
+Each core holds n images (2n views) of the global batch of N images. Inside a mapped step the
+other cores' embeddings arrive through `lax.all_gather` (gradients flow back through it as a
+reduce-scatter), so every view has its pair as the positive and the 2N - 2 other views of the
+GLOBAL batch as negatives. Each core computes only its own rows of the logits, `[2n, 2N]`.
+
+Loss scale: we report the paper's L = 1/(2N) sum over the 2N anchors of l(i, j). The official
+TF code (`add_contrastive_loss`) returns loss_a + loss_b, each a mean over N anchors, i.e. 2L.
+
+## NT-Logistic and margin triplet
 
 Chen et al. 2020, Table 2 writes each loss for one triplet (anchor u, positive v+, negative v-) of
 l2-normalised vectors:
 
-  NT-Xent         -u.v+/tau + log sum_{v in {v+, v-}} exp(u.v/tau)     (simclr.nt_xent)
+  NT-Xent         -u.v+/tau + log sum_{v in {v+, v-}} exp(u.v/tau)     (nt_xent)
   NT-Logistic     -log sigmoid(u.v+/tau) - log sigmoid(-u.v-/tau)
   Margin triplet  max(u.v- - u.v+ + m, 0)
 
@@ -27,7 +40,7 @@ one negative per anchor it is balanced by construction.
 
 Differences from the paper: the paper's loss study takes negatives from one augmentation view
 only (appendix B.10); we use the same 2N - 2 negatives of the global batch as NT-Xent (both
-views), gathered over devices by `simclr.contrastive_logits`, so the three losses see the same
+views), gathered over devices by `contrastive_logits`, so the three losses see the same
 pairs. Every loss reuses that function, so `normalize` (cosine vs raw dot product) and the
 all_gather of negatives behave identically.
 """
@@ -36,8 +49,102 @@ from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from simclr_jax.methods import simclr
+# Large enough that exp(-_MASK) underflows to 0 in float32, small enough to stay finite.
+_MASK = 1e9
+
+
+def _check_inputs(z_a: jax.Array, z_b: jax.Array, temperature: float) -> None:
+  if z_a.ndim != 2 or z_a.shape != z_b.shape:
+    raise ValueError(
+        f'nt_xent needs z_a and z_b of the same shape [n, d]; got {z_a.shape} and {z_b.shape}. '
+        'Pass the two views\' embeddings separately, one row per image.')
+  if not temperature > 0:
+    raise ValueError(f'temperature must be > 0 (got {temperature}); the paper uses 0.1 for '
+                     'ImageNet and 0.5 for CIFAR-10 (config.loss.temperature).')
+
+
+def gather_views(z_a: jax.Array, z_b: jax.Array, axis_name: Optional[str]):
+  """Gathers both views' embeddings over `axis_name` (differentiable).
+
+  Returns:
+    (keys [2N, d] = [all z_a; all z_b], offset of this core's first image in the global batch,
+    global number of images N).
+  """
+  n = z_a.shape[0]
+  if axis_name is None:
+    return jnp.concatenate([z_a, z_b], 0), 0, n
+  all_a = lax.all_gather(z_a, axis_name, tiled=True)
+  all_b = lax.all_gather(z_b, axis_name, tiled=True)
+  offset = lax.axis_index(axis_name) * n
+  return jnp.concatenate([all_a, all_b], 0), offset, all_a.shape[0]
+
+
+def contrastive_logits(z_a: jax.Array, z_b: jax.Array, *, temperature: float,
+                       axis_name: Optional[str] = None, normalize: bool = True):
+  """This core's rows of the similarity matrix, self-similarity masked.
+
+  Args:
+    z_a, z_b: [n, d] embeddings of the two views of this core's n images.
+    temperature: softmax temperature tau.
+    axis_name: mapped axis to gather negatives over, or None on one device.
+    normalize: l2-normalise before the dot product (cosine similarity).
+
+  Returns:
+    logits [2n, 2N] (anchors: this core's [z_a; z_b]; columns: global [z_a; z_b]),
+    positive column index [2n], self column index [2n].
+  """
+  _check_inputs(z_a, z_b, temperature)
+  z_a = z_a.astype(jnp.float32)
+  z_b = z_b.astype(jnp.float32)
+  if normalize:
+    z_a = z_a * lax.rsqrt(jnp.maximum(jnp.sum(z_a * z_a, -1, keepdims=True), 1e-24))
+    z_b = z_b * lax.rsqrt(jnp.maximum(jnp.sum(z_b * z_b, -1, keepdims=True), 1e-24))
+  n = z_a.shape[0]
+  keys, offset, global_n = gather_views(z_a, z_b, axis_name)
+  anchors = jnp.concatenate([z_a, z_b], 0)
+  logits = anchors @ keys.T / temperature
+  rows = offset + jnp.arange(n)
+  self_col = jnp.concatenate([rows, rows + global_n])
+  pos_col = jnp.concatenate([rows + global_n, rows])
+  # The mask as an iota compare inside a `where` (not a one-hot matrix): XLA fuses it into the
+  # logits' consumers instead of holding int/bool [2n, 2N] arrays (benchmarks/nt_xent_memory.py).
+  # Bitwise the same values as subtracting _MASK * one_hot.
+  logits = jnp.where(_columns(logits) == self_col[:, None], logits - _MASK, logits)
+  return logits, pos_col, self_col
+
+
+def _columns(logits: jax.Array) -> jax.Array:
+  return lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+
+
+def nt_xent(z_a: jax.Array, z_b: jax.Array, *, temperature: float,
+            axis_name: Optional[str] = None, normalize: bool = True):
+  """NT-Xent loss of the paper over the global batch.
+
+  Args:
+    z_a, z_b: [n, d] this core's embeddings of view a and view b.
+    temperature: tau > 0.
+    axis_name: the mapped axis ('batch') to take negatives from, None on one device.
+    normalize: cosine similarity (True, the paper) or raw dot products.
+
+  Returns:
+    (loss, metrics): loss is this core's mean over its 2n anchors; the mean over cores is the
+    paper's L. metrics has `contrast_accuracy` (positive ranked first) and `contrast_entropy`
+    (mean entropy of the softmax over a row), also this core's means.
+  """
+  logits, pos_col, _ = contrastive_logits(
+      z_a, z_b, temperature=temperature, axis_name=axis_name, normalize=normalize)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  # Row-wise pick of the positive as a masked sum (exact: one term, the rest zeros); unlike
+  # take_along_axis its gradient is elementwise, not a scatter.
+  pos_log_p = jnp.sum(jnp.where(_columns(log_p) == pos_col[:, None], log_p, 0.0), axis=-1)
+  loss = -jnp.mean(pos_log_p)
+  accuracy = jnp.mean((jnp.argmax(logits, -1) == pos_col).astype(jnp.float32))
+  entropy = -jnp.mean(jnp.sum(jnp.exp(log_p) * log_p, -1))
+  return loss, {'contrast_accuracy': accuracy, 'contrast_entropy': entropy}
+
 
 LOSSES = ('nt_xent', 'nt_logistic', 'margin_triplet')
 MINING = ('none', 'semi_hard')
@@ -111,7 +218,7 @@ def nt_logistic(z_a: jax.Array, z_b: jax.Array, *, temperature: float,
     metrics: `contrast_accuracy` (positive ranked first).
   """
   _check_mining(negative_mining)
-  logits, pos_col, self_col = simclr.contrastive_logits(
+  logits, pos_col, self_col = contrastive_logits(
       z_a, z_b, temperature=temperature, axis_name=axis_name, normalize=normalize)
   negatives = negative_mask(pos_col, self_col, logits.shape[1])
   pos_logit = jnp.take_along_axis(logits, pos_col[:, None], axis=-1)[:, 0]
@@ -147,7 +254,7 @@ def margin_triplet(z_a: jax.Array, z_b: jax.Array, *, margin: float,
     raise ValueError(f'margin must be >= 0 (config.loss.margin; paper: 0, 0.4, 0.8, 1.6); '
                      f'got {margin}')
   # temperature=1: the "logits" are the similarities themselves (self column masked).
-  sim, pos_col, self_col = simclr.contrastive_logits(
+  sim, pos_col, self_col = contrastive_logits(
       z_a, z_b, temperature=1.0, axis_name=axis_name, normalize=normalize)
   negatives = negative_mask(pos_col, self_col, sim.shape[1])
   pos_sim = jnp.take_along_axis(sim, pos_col[:, None], axis=-1)
@@ -179,7 +286,7 @@ def contrastive_loss(z_a: jax.Array, z_b: jax.Array, loss_config: Mapping,
     if mining != 'none':
       raise ValueError('NT-Xent weighs negatives by hardness itself (softmax); '
                        "config.loss.negative_mining must be 'none' with loss.name='nt_xent'")
-    return simclr.nt_xent(z_a, z_b, temperature=loss_config['temperature'],
+    return nt_xent(z_a, z_b, temperature=loss_config['temperature'],
                           axis_name=axis_name, normalize=normalize)
   if name == 'nt_logistic':
     return nt_logistic(z_a, z_b, temperature=loss_config['temperature'], axis_name=axis_name,
