@@ -1,4 +1,4 @@
-"""Quality benchmark (issue 5): what a fixed CPU pretraining budget buys on real Fashion-MNIST.
+"""Quality benchmark: what a fixed CPU pretraining budget buys on real Fashion-MNIST.
 
   python benchmarks/quality.py --pretrain_minutes=15 --workdir=/tmp/quality
   # development: half a minute per method, small evaluation subsets
@@ -14,8 +14,9 @@ Rows (flag --rows; SSL methods with --methods):
   random_init                 the same encoder at its initialisation (--config.init=random);
   pixels                      logistic regression / kNN on raw pixels (no encoder, no fine-tune);
   supervised                  the same encoder trained from scratch with cross-entropy on the
-                              labels, same augmentation, optimizer and budget
-                              (simclr_jax/evaluation/supervised.py);
+                              labels, same augmentation, optimizer, loop and budget
+                              (configs/fashion_mnist.py with method 'supervised',
+                              simclr_jax/methods/supervised.py);
   lightly                     lightly's NTXentLoss + SimCLRProjectionHead on a PyTorch mirror of
                               the encoder (benchmarks/lightly_simclr.py, run as a subprocess),
                               same budget and augmentation; its frozen features go through the
@@ -28,8 +29,8 @@ time_budget.py; lightly_simclr.py does the same in PyTorch): each row trains unt
 have passed since its first (compiling / warm-up) step returned, its learning rate following
 the config's warmup + cosine schedule over elapsed time (warmup: the config's 0.3 of 10 epochs,
 3 % of the budget), so every row gets the same wall time by construction whatever its speed and
-the machine's load; the steps that fitted are reported. (Until session 7 a 60-step speed probe
-set a step count instead; it missed the run's rate by up to 20 %, docs/benchmarks.md.)
+the machine's load; the steps that fitted are reported. (A step count set from a short speed
+probe misses the run's rate by up to 20 %: the rate changes with load and over the run.)
 
 Evaluation, the same for every row (the config.eval fields of configs/fashion_mnist.py): h of
 the frozen encoder; linear = L-BFGS logistic regression (`linear.linear_eval`, l2_reg, max_iters)
@@ -87,17 +88,16 @@ from simclr_jax.evaluation import knn as knn_lib
 from simclr_jax.evaluation import linear as linear_lib
 from simclr_jax.evaluation import protocols
 from simclr_jax.evaluation import subsets
-from simclr_jax.evaluation import supervised
 from simclr_jax.evaluation.encoder import Encoder
 from simclr_jax.models import resnet
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CONFIGS = {'simclr': fashion_mnist, 'moco': moco_fashion_mnist,
-           'barlow_twins': barlow_twins_fashion_mnist}
+           'barlow_twins': barlow_twins_fashion_mnist, 'supervised': fashion_mnist}
 ALL_ROWS = ('ssl', 'random_init', 'pixels', 'supervised', 'lightly')
 NUM_PRETRAIN_EXAMPLES = 60000  # Fashion-MNIST's training split, all of it used for pretraining
-# Fine-tuning a random-init encoder on 600 labels, swept 0.01..0.2 (docs/benchmarks.md, session
-# 4): 0.1 was best (0.793, mean of 3 seeds); the pretrained encoders' 0.01 gives it 0.762.
+# Fine-tuning a random-init encoder on 600 labels, swept 0.01..0.2 (docs/benchmarks.md,
+# quality): 0.1 was best (0.793, mean of 3 seeds); the pretrained encoders' 0.01 gives it 0.762.
 RANDOM_INIT_FINETUNE_LR = 0.1
 
 FLAGS = flags.FLAGS
@@ -127,6 +127,7 @@ flags.DEFINE_list('l2_reg_grid', [], 'Weight decays the linear probes of every r
 
 def _base_config(method: str = 'simclr'):
   config = CONFIGS[method].get_config()
+  config.method = method
   config.eval.pixel_baseline = False  # its own row
   config.seed = FLAGS.seed
   if FLAGS.l2_reg_grid:
@@ -195,22 +196,6 @@ def _pretrain_ssl(method: str, data) -> tuple[dict, Encoder, object]:
                     image_shape=data.train.image_shape, state=out['state'])
   info = dict(steps=out['step'], pretrain_minutes=minutes,
               images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'])
-  return info, encoder, config
-
-
-def _pretrain_supervised(data):
-  config = _timed(_base_config())
-  timer = _StepTimer()
-  t0 = time.time()
-  out = supervised.train_supervised(config, num_steps=_nominal_steps(config), on_step=timer)
-  minutes = (time.time() - t0) / 60
-  state = types.SimpleNamespace(params=out['variables']['params'],
-                                batch_stats=out['variables']['batch_stats'], step=out['step'])
-  encoder = Encoder(config, _fresh_dir('supervised'), num_classes=data.num_classes,
-                    image_shape=data.train.image_shape, state=state)
-  info = dict(steps=out['step'], pretrain_minutes=minutes,
-              images_per_s=timer.steps_per_s() * config.batch_size, train_loss=out['train_loss'],
-              train_accuracy=out['train_accuracy'])
   return info, encoder, config
 
 
@@ -412,7 +397,7 @@ def _random_init_row(name, data):
 
 
 def _supervised_row(name, data):
-  info, encoder, config = _pretrain_supervised(data)
+  info, encoder, config = _pretrain_ssl('supervised', data)
   return {**info, **_evaluate_encoder(config, encoder, data, os.path.join(FLAGS.workdir, name))}
 
 

@@ -110,8 +110,9 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, model, method, tx, c
   views = batch_views(batch, rng, state.step, config)
 
   def loss_fn(params):
+    kwargs = {'labels': labels} if method.uses_labels else {}
     loss, aux = method.loss(model, params, state.batch_stats, state.extra, views, key,
-                            config=config, axis_name=axis_name)
+                            config=config, axis_name=axis_name, **kwargs)
     # Both views' h feed the probe; stop_gradient inside the model keeps it off the encoder.
     probe_loss, probe_accuracy = _probe_loss(aux.outputs['probe_logits'],
                                              jnp.concatenate([labels, labels]))

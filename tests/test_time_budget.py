@@ -15,7 +15,6 @@ import pytest
 from simclr_jax import optim
 from simclr_jax import time_budget
 from simclr_jax import train
-from simclr_jax.evaluation import supervised
 from simclr_jax.evaluation.encoder import Encoder
 from tests import helpers
 
@@ -127,14 +126,6 @@ def test_real_clock_stops_after_the_budget(tmp_path):
   assert times[-2] - times[0] < budget_s + 0.01
   # The last update ran at the end of the cosine (no warmup-sized rate left).
   assert out['history'][-1]['train/learning_rate'] < 0.1 * PEAK
-
-
-def test_supervised_baseline_trains_for_the_budget(fake_clock):
-  config = _config()
-  config.dataset.max_train_examples = 512
-  out = supervised.train_supervised(config, num_steps=NOMINAL_STEPS, on_step=fake_clock.tick)
-  assert out['step'] == int(BUDGET_S / TICK_S) + 1
-  assert np.isfinite(out['train_loss'])
 
 
 def test_learning_rate_is_clipped_at_the_end():

@@ -1,14 +1,16 @@
-"""Self-supervised methods, selected by `config.method`."""
+"""Self-supervised methods and the supervised baseline, selected by `config.method`."""
 
 from simclr_jax.methods import barlow_twins
 from simclr_jax.methods import base
 from simclr_jax.methods import moco
 from simclr_jax.methods import simclr
+from simclr_jax.methods import supervised
 
 _REGISTRY = {
     'simclr': simclr.SimCLR,
     'moco': moco.MoCo,
     'barlow_twins': barlow_twins.BarlowTwins,
+    'supervised': supervised.Supervised,
 }
 
 

@@ -27,6 +27,9 @@ class Method(abc.ABC):
   """Base class: a method with no extra state; subclasses define `loss`."""
 
   name = 'base'
+  # True: `loss` also takes `labels=` (this core's [n] int32 labels); only the supervised
+  # baseline uses them.
+  uses_labels = False
 
   def init_extra(self, variables: Mapping[str, PyTree], config) -> PyTree:
     """Extra state created from the initial model variables ({} for SimCLR)."""
