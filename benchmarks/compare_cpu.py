@@ -9,9 +9,8 @@ in turns, A, B, C, A, B, C, ..., so a load change on a shared machine hits every
 it reports medians, the ratio of every variant to the first 'torch' one, and the load average
 at each round. Each turn runs `--steps_per_turn` steps back to back (default 3) and times all
 but the first: the step right after another process ran is slower for reasons that training
-never meets (session 8, CIFAR ResNet-18 at N=128: JAX 4.4-4.9 s per step when every step
+never meets (CIFAR ResNet-18 at N=128 on a 2-core Xeon: JAX 4.4-4.9 s per step when every step
 followed a PyTorch step, 3.6 s step after step in the same worker; PyTorch 3.4-3.7 vs 3.4 s).
-Sessions 1-7 timed one step per turn (`--steps_per_turn=1`), which penalised JAX's step more.
 
 Variant syntax: `torch[:threads=T][:format=contiguous]`, or
 `jax:<conv_impl>[:devices=D][:flags=<extra XLA flags, ';' for spaces>]`, or `ceiling` (a
@@ -154,7 +153,7 @@ def main():
                       help='Steps a variant runs back to back in each turn; with more than one, '
                       'the first of each turn (the switch-in step, after the other variants '
                       'ran) is reported apart and the rest are timed, as in training, where one '
-                      'process runs step after step. 1: one timed step per turn (sessions 1-7).')
+                      'process runs step after step. 1: one timed step per turn.')
   parser.add_argument('--sequential_build', action='store_true',
                       help='Build workers one after the other (less memory at once).')
   parser.add_argument('--worker', default='', help=argparse.SUPPRESS)

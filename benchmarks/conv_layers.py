@@ -1,13 +1,13 @@
 """Per-layer convolution timings: each conv_impl (and PyTorch) on ResNet-18's conv shapes.
 
-  python benchmarks/conv_layers.py --batch_size=128 --impls=auto,onednn [--torch]
+  python benchmarks/conv_layers.py --batch_size=128 --impls=auto,xla,im2col [--torch]
 
 For every 3x3 conv shape of ResNet-18 (CIFAR stem, 32x32 input; `--image_size` scales the maps)
 at 2N views, times the forward, the input gradient and the weight gradient separately (each
 its own jitted function; medians of `--steps` after a warm-up), for each `--impls` entry of
 `config.model.conv_impl`, and with `--torch` PyTorch's channels_last convolution (oneDNN) on the
-same shapes. Applies the trainer's XLA flags (configs/base.py `xla_flags`) first. This is where
-the choice of `conv.cpu_impl` per layer comes from; the whole step is benchmarks/compare_cpu.py.
+same shapes. Applies the trainer's XLA flags (simclr_jax/defaults.py `xla_flags`) first. This is
+where the choice of `conv.cpu_impl` per layer comes from; the whole step is benchmarks/compare_cpu.py.
 
 Prints a table (ms per direction and their sum) and one JSON line.
 """
@@ -22,12 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import defaults  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_integer('batch_size', 128, 'N images (2N views per layer call).')
 flags.DEFINE_integer('image_size', 32, 'Input side; stage s runs at image_size / 2^s.')
-flags.DEFINE_list('impls', ['auto', 'onednn'], 'conv_impl values to time.')
+flags.DEFINE_list('impls', ['auto', 'xla', 'im2col'], 'conv_impl values to time.')
 flags.DEFINE_bool('torch', False, 'Also time PyTorch (channels_last) on the same shapes.')
 flags.DEFINE_integer('steps', 5, 'Timed calls per direction (median reported).')
 FLAGS = flags.FLAGS
@@ -88,7 +88,7 @@ def _torch_times(views, size, cin, cout, stride, steps):
 
 
 def main(_):
-  xla_setup.apply_xla_flags(base.get_config().xla_flags)
+  xla_setup.apply_xla_flags(defaults.get_config().xla_flags)
   views = 2 * FLAGS.batch_size
   variants = list(FLAGS.impls) + (['torch'] if FLAGS.torch else [])
   rows = []

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import base
+from simclr_jax import defaults
 from simclr_jax.data import augment
 from simclr_jax.data import pipeline
 from simclr_jax.data import sources
@@ -47,7 +47,7 @@ _TRAIN_VIEWS = flags.DEFINE_float('train_views_per_s', None,
 
 def _fashion_rgb(num: int, size: int) -> np.ndarray:
   """Real Fashion-MNIST train images, bicubic-resized to size x size, repeated to RGB; uint8."""
-  config = base.get_config().dataset
+  config = defaults.get_config().dataset
   images = sources.load(config, f'train[:{num}]').images
   out = tf.image.resize(tf.cast(images, tf.float32), (size, size), 'bicubic')
   out = tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
@@ -55,7 +55,7 @@ def _fashion_rgb(num: int, size: int) -> np.ndarray:
 
 
 def _source_32() -> tuple[sources.Source, str]:
-  config = base.get_config().dataset
+  config = defaults.get_config().dataset
   config.name, config.download, config.max_train_examples = 'cifar10', False, 10000
   try:
     return sources.load(config, 'train'), 'cifar10'
@@ -68,7 +68,7 @@ def _source_32() -> tuple[sources.Source, str]:
 
 def _views_per_s(source: sources.Source, preset: str, image_size: int, batch_size: int,
                  seconds: float) -> float:
-  config = base.get_config().augment
+  config = defaults.get_config().augment
   config.preset = preset
   config.color_strength = augment.PAPER_COLOR_STRENGTH[preset]
   batches = pipeline.batches_from_source(source, config, image_size=image_size,

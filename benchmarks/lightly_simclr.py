@@ -1,4 +1,4 @@
-"""lightly's SimCLR on a PyTorch mirror of our encoder, for the quality benchmark (issue 5).
+"""lightly's SimCLR on a PyTorch mirror of our encoder, for the quality benchmark.
 
   pip install -r benchmarks/requirements-torch.txt   # in its own venv: see that file
   python benchmarks/lightly_simclr.py --data=DATA.npz --out=FEATURES.npz --minutes=15

@@ -41,7 +41,7 @@ import jax
 from jax.extend import core as jax_core
 import numpy as np
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax import methods
 from simclr_jax import optim
 from simclr_jax import parallel
@@ -93,14 +93,14 @@ def main(argv):
   n_global, devices = FLAGS.global_batch, FLAGS.num_devices
   two_n = 2 * n_global
   n_core = n_global // devices
-  c = base.get_config()
+  c = defaults.get_config()
   c.model.depth = FLAGS.depth
   c.model.width_multiplier = FLAGS.width_multiplier
   c.model.head_out_dim = FLAGS.head_out_dim
   c.batch_size = n_global
   c.loss.temperature = 0.1
   shape = (FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
-  mapper = parallel.Mapper('shard_map', devices)
+  mapper = parallel.Mapper(devices)
   mapper.check_batch_size(n_global)
   model = build_model(c.model, num_classes=10, image_size=FLAGS.image_size,
                       axis_name=parallel.AXIS)

@@ -1,7 +1,7 @@
 """Throughput of the project's own SimCLR train step (the real mapped step, not a copy).
 
   python benchmarks/train_step.py --depth=18 --width_multiplier=1 --image_size=32 \
-    --batch_size=128 --num_devices=1 [--conv_impl=xla|im2col|shifted_matmul|onednn|auto]
+    --batch_size=128 --num_devices=1 [--conv_impl=xla|im2col|auto]
 
 Prints a short table and one JSON line: images_per_s (views per second: 2N per step),
 step_s_median/min/max over --steps timed steps after warm-up, compile_s, peak_rss_mb,
@@ -23,9 +23,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The trainer's XLA flags (config.xla_flags), so the benchmark times what `simclr_jax.main` runs;
 # a flag already in XLA_FLAGS wins (compare_cpu.py's `flags=` variants rely on that).
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import defaults  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
-xla_setup.apply_xla_flags(base.get_config().xla_flags)
+xla_setup.apply_xla_flags(defaults.get_config().xla_flags)
 
 import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
@@ -51,14 +51,13 @@ flags.DEFINE_integer('channels', 3, 'Image channels.')
 flags.DEFINE_integer('batch_size', 128, 'N images per step (2N views).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 flags.DEFINE_integer('num_devices', 1, 'Devices (simulated on CPU).')
-flags.DEFINE_enum('mapping', 'shard_map', ['shard_map', 'pmap'], 'Mapping.')
 flags.DEFINE_integer('head_out_dim', 128, 'Projection size.')
 flags.DEFINE_integer('steps', 5, 'Timed steps after warm-up.')
 flags.DEFINE_integer('warmup_steps', 2, 'Untimed steps after compilation.')
 flags.DEFINE_float('peak_flops', 0.0, 'Accelerator peak FLOP/s for MFU (0: measure a CPU '
                    'matmul ceiling).')
 flags.DEFINE_string('cifar_stem', 'auto', 'auto | true | false.')
-flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'im2col', 'shifted_matmul', 'onednn', 'auto'],
+flags.DEFINE_enum('conv_impl', 'xla', ['xla', 'im2col', 'auto'],
                   'How convolutions are lowered (config.model.conv_impl).')
 FLAGS = flags.FLAGS
 
@@ -78,16 +77,16 @@ def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
 
 def build_step(*, depth: int = 18, width_multiplier: float = 1.0, image_size: int = 32,
                channels: int = 3, batch_size: int = 128, dtype: str = 'float32',
-               num_devices: int = 1, mapping: str = 'shard_map', head_out_dim: int = 128,
+               num_devices: int = 1, head_out_dim: int = 128,
                cifar_stem=None, conv_impl: str = 'xla'):
   """Builds, compiles and runs once the project's mapped SimCLR step on a fixed batch.
 
   Returns:
     (step, info): `step()` runs one more step (the state is donated and carried inside) and
     returns its metrics, ready; info has compile_s (compile + first step) and flops_per_step
-    (XLA cost analysis of the whole step; None under pmap).
+    (XLA cost analysis of the whole step).
   """
-  c = base.get_config()
+  c = defaults.get_config()
   c.model.depth = depth
   c.model.width_multiplier = width_multiplier
   c.model.dtype = dtype
@@ -98,7 +97,7 @@ def build_step(*, depth: int = 18, width_multiplier: float = 1.0, image_size: in
   c.loss.temperature = 0.5
   c.optimizer.warmup_epochs = 0.0
   shape = (image_size, image_size, channels)
-  mapper = parallel.Mapper(mapping, num_devices)
+  mapper = parallel.Mapper(num_devices)
   mapper.check_batch_size(batch_size)
   model = build_model(c.model, num_classes=10, image_size=image_size, axis_name=parallel.AXIS)
   method = methods.get_method('simclr')
@@ -116,16 +115,11 @@ def build_step(*, depth: int = 18, width_multiplier: float = 1.0, image_size: in
   carried = {'state': mapper.put_state(state)}
   key = train_step_lib.run_key(0)
 
-  flops = None
   t0 = time.perf_counter()
-  if mapping == 'shard_map':
-    compiled = step_fn.lower(carried['state'], batch, key).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get('flops', 0.0)) if cost else None
-    run = compiled
-  else:
-    run = step_fn
+  run = step_fn.lower(carried['state'], batch, key).compile()
+  cost = run.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.0)) if cost else None
 
   def one_step():
     carried['state'], metrics = run(carried['state'], batch, key)
@@ -143,7 +137,7 @@ def main(argv):
   one_step, info = build_step(
       depth=FLAGS.depth, width_multiplier=FLAGS.width_multiplier, image_size=FLAGS.image_size,
       channels=FLAGS.channels, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
-      num_devices=FLAGS.num_devices, mapping=FLAGS.mapping, head_out_dim=FLAGS.head_out_dim,
+      num_devices=FLAGS.num_devices, head_out_dim=FLAGS.head_out_dim,
       cifar_stem={'auto': None, 'true': True, 'false': False}[FLAGS.cifar_stem],
       conv_impl=FLAGS.conv_impl)
   for _ in range(FLAGS.warmup_steps):
@@ -158,7 +152,7 @@ def main(argv):
   result = dict(
       depth=FLAGS.depth, width_multiplier=FLAGS.width_multiplier, image_size=FLAGS.image_size,
       batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, num_devices=FLAGS.num_devices,
-      mapping=FLAGS.mapping, backend=jax.default_backend(),
+      backend=jax.default_backend(),
       images_per_s=2 * FLAGS.batch_size / median, step_s_median=median,
       step_s_min=float(np.min(times)), step_s_max=float(np.max(times)),
       compile_s=info['compile_s'],

@@ -8,13 +8,15 @@ evaluation as the SimCLR CPU default, so the methods compare side by side. The p
 scaled down from the paper's 8192-8192-8192 to 512-512-512 (h is 256-d here, against 2048 for
 ResNet-50); lambda stays at the paper's 0.0051. LARS as in the paper, with the biases' and BN's
 rate at the paper's 0.0048 / 0.2 of the weights' rate, but the weights' rate is 1.0 x B/256
-(the SimCLR default's), not the paper's 0.2: in 5-minute runs (docs/benchmarks.md, session 14)
+(the SimCLR default's), not the paper's 0.2: in 5-minute runs (docs/benchmarks.md, quality)
 0.2 / 0.5 / 1.0 / 2.0 gave linear top-1 0.819 / 0.822 / 0.835 / 0.828; a 1024-wide projector
 (0.814) and lambda 0.02 (0.815) were worse at 0.2.
 Targets: this project's own measurements (docs/benchmarks.md).
 """
 
-from configs import fashion_mnist
+from simclr_jax import defaults
+
+fashion_mnist = defaults.config_file(__file__, 'fashion_mnist')
 
 # The paper's ratio of the biases' and BN's rate to the weights' (0.0048 / 0.2).
 _BIAS_RATE_SCALE = 0.0048 / 0.2

@@ -11,15 +11,16 @@ biases and BN parameters (which get neither weight decay nor LARS adaptation), w
 Deviations from the official code are listed in docs/methods.md.
 """
 
-from configs import base
-from configs import imagenet
+from simclr_jax import defaults
+
+imagenet = defaults.config_file(__file__, 'imagenet')
 
 _WEIGHT_LEARNING_RATE = 0.2
 _BIAS_LEARNING_RATE = 0.0048
 
 
 def get_config():
-  c = imagenet.imagenet_data_and_eval(base.get_config())
+  c = imagenet.imagenet_data_and_eval(defaults.get_config())
   c.method = 'barlow_twins'
   c.augment.color_strength = 0.5  # paper: jitter (0.4, 0.4, 0.2, 0.1); ours (0.4, 0.4, 0.4, 0.1)
   c.augment.blur = True

@@ -8,11 +8,11 @@ Paper (Chen et al. 2020, B.9, Figure B.7): ResNet-50, batch 1024, temperature 0.
 linear-eval top-1 ~94.0% (500 epochs ~93%).
 """
 
-from configs import base
+from simclr_jax import defaults
 
 
 def get_config():
-  c = base.get_config()
+  c = defaults.get_config()
   c.dataset.name = 'cifar10'
   c.dataset.image_size = 32
   c.augment.preset = 'cifar'

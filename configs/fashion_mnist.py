@@ -14,18 +14,18 @@ against 0.8406 for logistic regression on raw pixels of the same run (views from
 for Fashion-MNIST; the paper's CIFAR-10 setup is configs/cifar10.py.
 """
 
-from configs import base
+from simclr_jax import defaults
 
 
 def get_config():
-  c = base.get_config()
+  c = defaults.get_config()
   c.dataset.name = 'fashion_mnist'
   c.dataset.image_size = 28
   c.augment.preset = 'fashion_mnist'
   c.augment.color_strength = 0.5
   c.augment.crop_area_min = 0.2
   # The views are drawn inside the train step (simclr_jax/data/device_augment.py): tf.data's
-  # per-image ops took 8-13 % of the loop's throughput on 2 cores (docs/benchmarks.md, session 6).
+  # per-image ops took 8-13 % of the loop's throughput on 2 cores (docs/benchmarks.md, input).
   c.augment.on_device = True
   c.model.depth = 18
   c.model.width_multiplier = 0.5
@@ -38,7 +38,7 @@ def get_config():
   c.model.head_out_dim = 64
   c.batch_size = 256
   c.num_epochs = 10
-  # 5-epoch sweep (docs/benchmarks.md, session 4): T = 0.1 gave linear 0.848 / 1% 0.756 / kNN 0.828
+  # 5-epoch sweep (docs/benchmarks.md, quality): T = 0.1 gave linear 0.848 / 1% 0.756 / kNN 0.828
   # against 0.840 / 0.741 / 0.814 at T = 0.2 (0.05: 0.843 / 0.763 / 0.833; 0.5 was worse).
   c.loss.temperature = 0.1
   c.optimizer.name = 'lars'
@@ -52,11 +52,11 @@ def get_config():
   # Fine-tuning pretrained weights on 1% of the labels (600 images, 500 steps of 128): 0.01 beat
   # 0.05 on SimCLR checkpoints (0.803 vs 0.794, means of 3 seeds) and MoCo's (0.806 vs 0.801):
   # a fresh classifier's early gradients at 0.05 wash out part of what pretraining learned
-  # (docs/benchmarks.md, session 4). From scratch (--config.init=random) ~0.1 is better.
+  # (docs/benchmarks.md, quality). From scratch (--config.init=random) ~0.1 is better.
   c.eval.finetune_learning_rate = 0.01
   # 1% linear probe: mean over 10 label subsets (one L-BFGS fit of ~1.5 s each). Over 10
   # subsets one encoder's figure has a std of 0.4-0.6 points; one subset alone ranked SimCLR
-  # 0.8 points below raw pixels where the mean puts them level (docs/benchmarks.md, session 5).
+  # 0.8 points below raw pixels where the mean puts them level (docs/benchmarks.md, quality).
   c.eval.label_subsets = 10
   # The paper's SGD linear protocol (--config.eval.protocols='("linear_sgd",)'), sized for 60,000
   # images of 28 px: from one 4-minute checkpoint (1,031 steps, 2-core Xeon, 2026-12-05) it gives

@@ -9,7 +9,7 @@ temperature 0.1, 10 warmup epochs then cosine, 2-layer head to 128-d, colour str
 blur, global BN: linear-eval top-1 64.5% after 100 epochs at batch 4096 (69.3% after 1000).
 """
 
-from configs import base
+from simclr_jax import defaults
 
 
 def imagenet_data_and_eval(c):
@@ -36,7 +36,7 @@ def imagenet_data_and_eval(c):
 
 
 def get_config():
-  c = imagenet_data_and_eval(base.get_config())
+  c = imagenet_data_and_eval(defaults.get_config())
   c.augment.crop_sampler = 'tf_bounding_box'  # the official code's crop (docs/parity.md)
   c.augment.color_strength = 1.0
   c.augment.blur = True

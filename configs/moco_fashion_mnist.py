@@ -13,7 +13,9 @@ CPU run of a few thousand steps: K = 4096 (= 16 global batches), m = 0.99 (0.999
 Targets: this project's own measurements (docs/benchmarks.md).
 """
 
-from configs import fashion_mnist
+from simclr_jax import defaults
+
+fashion_mnist = defaults.config_file(__file__, 'fashion_mnist')
 
 
 def get_config():

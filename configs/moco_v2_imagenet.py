@@ -16,12 +16,14 @@ MoCo v1 (He et al. 2020, 60.6% after 200 epochs) is this config with
 Deviations from the official code are listed in docs/methods.md.
 """
 
-from configs import base
-from configs import imagenet
+from simclr_jax import defaults
+
+imagenet = defaults.config_file(__file__, 'imagenet')
+
 
 
 def get_config():
-  c = imagenet.imagenet_data_and_eval(base.get_config())
+  c = imagenet.imagenet_data_and_eval(defaults.get_config())
   c.method = 'moco'
   c.augment.color_strength = 0.5  # SimCLR's jitter at strength s is (0.8s, 0.8s, 0.8s, 0.2s)
   c.augment.blur = True

@@ -4,8 +4,8 @@
 #
 # tcmalloc: XLA:CPU allocates each step's large buffers afresh; glibc's malloc serves them with
 # mmap and hands them back with munmap, so every step first-touches (page-faults and zeroes) its
-# buffers again. tcmalloc keeps freed memory for the next step. Measured in docs/benchmarks.md
-# (issue 10, session 9). launch/install.sh installs it (Debian: libtcmalloc-minimal4).
+# buffers again. tcmalloc keeps freed memory for the next step (docs/benchmarks.md, training
+# loop). launch/install.sh installs it (Debian: libtcmalloc-minimal4).
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 if [ -z "${LD_PRELOAD:-}" ]; then
   for _lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \

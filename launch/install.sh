@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what simclr_jax needs on a fresh Debian/Ubuntu machine: the real Fashion-MNIST from the
 # Debian package dataset-fashion-mnist (the offline default dataset), tcmalloc (libtcmalloc-minimal4,
-# for CPU training), g++ and libgomp (the oneDNN convolution kernels) and the pinned Python packages.
+# for CPU training) and the pinned Python packages.
 # Usage: bash launch/install.sh [requirements file, default requirements.txt]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,13 +13,6 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then
   packages+=(libtcmalloc-minimal4)
-fi
-# g++ and GNU OpenMP: the oneDNN convolution kernels are compiled on first use and run on libgomp.
-if ! command -v g++ >/dev/null; then
-  packages+=(g++)
-fi
-if ! ls /usr/lib/*/libgomp.so.1 >/dev/null 2>&1; then
-  packages+=(libgomp1)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
   sudo_cmd=""

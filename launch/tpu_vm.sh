@@ -256,7 +256,7 @@ while true; do
   fi
   status=0
   train_on_all_workers || status=$?
-  # A preempted worker gets SIGTERM, saves a checkpoint and exits 0, or its ssh session just
+  # A preempted worker gets SIGTERM, saves a checkpoint and exits 0, or its ssh connection just
   # drops: the TPU's state, not the exit status, says whether the run is over.
   state="$(tpu_state)"
   if [ "$state" = READY ]; then

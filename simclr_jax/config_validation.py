@@ -5,11 +5,10 @@ from typing import Iterable
 
 import ml_collections
 
-from configs import base as base_config
+from simclr_jax import defaults
 
 _DEPTHS = (18, 34, 50, 101, 152, 200)
 _CHOICES = {
-    'mapping': ('shard_map', 'pmap'),
     'init': ('pretrained', 'random'),
     'augment.preset': ('imagenet', 'cifar', 'fashion_mnist', 'none'),
     'augment.crop_sampler': ('inception', 'tf_bounding_box'),
@@ -44,13 +43,14 @@ def _get(cfg, dotted: str):
 
 def check_known_fields(config: ml_collections.ConfigDict,
                        extra_known: Iterable[str] = ()) -> None:
-  """Every field must exist in configs/base.py (catches typos in config files)."""
-  known = dict(_flatten(base_config.get_config()))
+  """Every field must exist in simclr_jax/defaults.py (catches typos in config files)."""
+  known = dict(_flatten(defaults.get_config()))
   allowed_prefixes = tuple(extra_known)
   for name, value in _flatten(config):
     if name in known or name.startswith(allowed_prefixes):
       continue
-    raise ConfigError(f'unknown config field {name!r}; the known fields are in configs/base.py')
+    raise ConfigError(f'unknown config field {name!r}; the known fields are in '
+                      'simclr_jax/defaults.py')
   for name, default in known.items():
     try:
       value = _get(config, name)
@@ -68,7 +68,7 @@ def check_known_fields(config: ml_collections.ConfigDict,
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The base config updated with `config` (so partial configs get every field)."""
-  full = base_config.get_config()
+  full = defaults.get_config()
   full.update(config)
   return full
 

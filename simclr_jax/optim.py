@@ -207,7 +207,7 @@ def build_optimizer(optimizer_config: ml_collections.ConfigDict, *, global_batch
   elapsed time to the schedule).
 
   Args:
-    optimizer_config: config.optimizer (see configs/base.py).
+    optimizer_config: config.optimizer (see simclr_jax/defaults.py).
     global_batch_size: images per step over all devices.
     total_steps: training length in steps (time-budget mode: the schedule's nominal length).
     steps_per_epoch: steps in one epoch (for warmup_epochs).

@@ -1,9 +1,9 @@
 """The one place where the per-core step is mapped over devices.
 
 The per-core step is written once (`simclr_jax.train_step`) with every collective naming the axis
-`'batch'`. `Mapper` maps it with `jax.shard_map` over a 1-D mesh (the default; JAX's current form
-of pmap) or with `jax.pmap` (in maintenance mode since JAX 0.8, kept because the design card names
-it), and moves state and batches to the devices in the layout each mapping wants.
+`'batch'`. `Mapper` maps it with `jax.shard_map` over a 1-D mesh of every device of every process
+(JAX's current form of pmap: the same per-core program and collectives, one jit-compiled SPMD
+program), and moves state and batches to the devices.
 
 Multi-host: every process builds the same global mesh; a host batch is this process's slice of the
 global batch and `put_batch` assembles the global array with
@@ -55,21 +55,15 @@ class Mapper:
   """Maps a per-core step over devices and places its inputs.
 
   Args:
-    mapping: 'shard_map' or 'pmap'.
     num_devices: how many devices to use (-1: all, across all processes). On several processes
       only -1 is allowed, since every process must contribute the same number of devices.
     devices: these devices instead (e.g. the compile-only devices of a TPU topology, for an
       ahead-of-time compile: benchmarks/tpu_compile.py).
   """
 
-  def __init__(self, mapping: str = 'shard_map', num_devices: int = -1,
-               devices: Optional[list] = None):
-    if mapping not in ('shard_map', 'pmap'):
-      raise ValueError(f"config.mapping must be 'shard_map' or 'pmap', got {mapping!r}")
-    self.mapping = mapping
+  def __init__(self, num_devices: int = -1, devices: Optional[list] = None):
     if devices is not None:  # e.g. a TPU topology's devices, to compile for it ahead of time
       self.devices = list(devices)
-      self.local_devices = self.devices
       self._make_mesh()
       return
     devices = jax.devices()
@@ -82,7 +76,6 @@ class Mapper:
                          'XLA_FLAGS=--xla_force_host_platform_device_count=N.')
       devices = devices[:num_devices]
     self.devices = devices
-    self.local_devices = [d for d in devices if d.process_index == jax.process_index()]
     self._make_mesh()
 
   def _make_mesh(self) -> None:
@@ -107,48 +100,21 @@ class Mapper:
     (uint32 [2]); metrics come back as replicated scalars.
     """
     donate = (0,) if donate_state else ()
-    if self.mapping == 'shard_map':
-      # check_vma=False gives the step pmap's semantics: the gradient of a per-core loss is
-      # per-core (no implicit psum over replicated inputs), so the step's explicit pmean of the
-      # gradients is right under both mappings, and one step function serves both.
-      mapped = jax.shard_map(step_fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
-                             out_specs=(P(), P()), check_vma=False)
-      return jax.jit(mapped, donate_argnums=donate)
-    pmapped = jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None),
-                       devices=self.local_devices, donate_argnums=donate)
-
-    def run(state, batch, rng):
-      state, metrics = pmapped(state, batch, rng)
-      return state, jax.tree.map(lambda x: x[0], metrics)
-
-    return run
+    # check_vma=False: the gradient of a per-core loss is per-core (no implicit psum over the
+    # replicated parameters), and the step's explicit pmean makes it global, as in pmap.
+    mapped = jax.shard_map(step_fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
+                           out_specs=(P(), P()), check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate)
 
   def put_state(self, state: PyTree) -> PyTree:
-    """Host (or device) state -> the layout the mapped step takes."""
-    if self.mapping == 'shard_map':
-      return jax.device_put(state, self.replicated)
-    n = len(self.local_devices)
-    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
-                           jax.device_get(state))
-    # An identity pmap lays the stacked copies out one per local device.
-    return jax.pmap(lambda x: x, devices=self.local_devices)(stacked)
+    """Host (or device) state -> replicated over the mesh, as the mapped step takes it."""
+    return jax.device_put(state, self.replicated)
 
   def get_state(self, state: PyTree) -> PyTree:
-    """Mapped-step state -> one copy as host numpy arrays."""
-    if self.mapping == 'pmap':
-      state = jax.tree.map(lambda x: x[0], state)
+    """Mapped-step state -> host numpy arrays."""
     return jax.device_get(state)
 
   def put_batch(self, host_batch: PyTree) -> PyTree:
-    """This process's slice of the global batch -> the layout the mapped step takes."""
-    if self.mapping == 'shard_map':
-      return jax.tree.map(
-          lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
-    n = len(self.local_devices)
-
-    def split(x):
-      if x.shape[0] % n:
-        raise ValueError(f'host batch of {x.shape[0]} does not divide over {n} local devices')
-      return x.reshape((n, x.shape[0] // n) + x.shape[1:])
-
-    return jax.tree.map(split, host_batch)
+    """This process's slice of the global batch -> the global array, sharded on the batch axis."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)

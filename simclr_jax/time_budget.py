@@ -6,7 +6,7 @@ step schedule of a run of S = `total_steps` steps at step p * S (`optim.learning
 S comes from config.num_train_steps / num_epochs and only sets the shape: the warmup takes
 warmup_steps / S of the budget). The rate reaches 0 exactly when the budget ends, however fast
 the machine turns out to be, so two trainers given the same budget get the same wall time by
-construction (benchmarks/quality.py), and a Colab or preemptible session can be filled exactly.
+construction (benchmarks/quality.py), and a Colab runtime or a preemptible VM can be filled exactly.
 
 The clock starts when the first step of a process returns, so compilation is not counted, and
 checkpoint writes are. The run is not bitwise reproducible (the rate depends on timing), unlike

@@ -43,7 +43,7 @@ class Setup:
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
   """Validates the config and builds data source, model, method and optimizer."""
-  mapper = parallel.Mapper(config.mapping, config.num_devices)
+  mapper = parallel.Mapper(config.num_devices)
   config_validation.validate(config, num_devices=mapper.num_devices)
   source = sources.load(config.dataset, config.dataset.train_split)
   config_validation.check_schedule(config, source.num_examples)
@@ -76,10 +76,10 @@ _STEP_CACHE = {}
 def make_step(s: Setup):
   """The per-core step, mapped over the devices.
 
-  Cached by (config, devices, mapping): a resumed or repeated run in the same process (tests,
+  Cached by (config, devices): a resumed or repeated run in the same process (tests,
   notebooks) reuses the compiled step instead of compiling it again.
   """
-  key = (s.config.to_json(), tuple(d.id for d in s.mapper.devices), s.mapper.mapping)
+  key = (s.config.to_json(), tuple(d.id for d in s.mapper.devices))
   if key not in _STEP_CACHE:
     step = functools.partial(train_step_lib.train_step, model=s.model, method=s.method, tx=s.tx,
                              config=s.config, axis_name=parallel.AXIS)
@@ -128,14 +128,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
     budget = loop.ClockBudget(budget_s, schedule=s.schedule, total_steps=s.total_steps,
                               elapsed=elapsed, restored_step=restored_step)
     logging.info('pretraining %s for %.1f minutes (%.1f left), the schedule spread over them as '
-                 'over %d steps; global batch %d on %d devices (%s)', config.method,
+                 'over %d steps; global batch %d on %d devices', config.method,
                  config.time_budget_minutes, (budget_s - budget.clock.elapsed_before_s) / 60,
-                 s.total_steps, config.batch_size, s.mapper.num_devices, config.mapping)
+                 s.total_steps, config.batch_size, s.mapper.num_devices)
   else:
     budget = loop.StepBudget(s.total_steps)
-    logging.info('pretraining %s: %d steps (%d per epoch), global batch %d on %d devices (%s)',
+    logging.info('pretraining %s: %d steps (%d per epoch), global batch %d on %d devices',
                  config.method, s.total_steps, s.steps_per_epoch, config.batch_size,
-                 s.mapper.num_devices, config.mapping)
+                 s.mapper.num_devices)
   writer = metric_writer.MetricWriter(workdir, total_steps=None if budget.timed else s.total_steps,
                                       global_batch_size=config.batch_size)
   batches = pipeline.batches_from_source(

@@ -5,12 +5,12 @@ start of a process: `simclr_jax.main`, the benchmarks and the test suite call `a
 before their first JAX computation. A flag the user already put in `XLA_FLAGS` wins over the
 config's.
 
-The default (configs/base.py) is `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`:
+The default (simclr_jax/defaults.py) is `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`:
 XLA:CPU then runs convolutions with its Eigen kernels instead of YNNPACK. Measured on 2 cores
-(docs/benchmarks.md, issue 10): YNNPACK's convolution reaches ~200 GFLOP/s only when its output
+(docs/benchmarks.md, training step): YNNPACK's convolution reaches ~200 GFLOP/s only when its output
 feeds a fused reduction; writing the output, as every ResNet layer does, it drops to ~70 GFLOP/s,
 and its weight gradient to ~40; the SimCLR step of a CIFAR-stem ResNet-18 runs 1.7x faster
-without it. Dots stay on YNNPACK (the matmul lowerings of simclr_jax/models/conv.py use them).
+without it. Dots stay on YNNPACK (the im2col lowering of simclr_jax/models/conv.py uses them).
 The flag only concerns the CPU backend; TPU and GPU programs are unchanged.
 
 `allocator_advice` is the other half of the CPU runtime: the allocator cannot be changed once a

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from configs import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import defaults  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # What `python -m simclr_jax.main` runs with (config.xla_flags), plus LLVM optimisation level 0
@@ -50,7 +50,7 @@ TEST_XLA_FLAGS = ('' if os.environ.get('SIMCLR_TEST_XLA_OPT', '0') == '1'
 # which prints every thread's stack.
 TEST_XLA_FLAGS += (' --xla_cpu_collective_call_warn_stuck_timeout_seconds=60'
                    ' --xla_cpu_collective_call_terminate_timeout_seconds=600')
-xla_setup.apply_xla_flags(f'{base.get_config().xla_flags} {TEST_XLA_FLAGS}')
+xla_setup.apply_xla_flags(f'{defaults.get_config().xla_flags} {TEST_XLA_FLAGS}')
 jax.config.update('jax_num_cpu_devices', 8)
 
 

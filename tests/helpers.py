@@ -5,14 +5,14 @@ import os
 
 import numpy as np
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax.data import sources
 
 
 @functools.lru_cache(maxsize=None)
 def fashion_mnist(split: str = 'train', n: int = 512):
   """First n real Fashion-MNIST images as float32 [n, 28, 28, 1] in [0, 1] and int32 labels."""
-  cfg = base.get_config().dataset
+  cfg = defaults.get_config().dataset
   src = sources.load(cfg, f'{split}[:{n}]')
   return src.images.astype(np.float32) / 255.0, src.labels.astype(np.int32)
 
@@ -37,7 +37,7 @@ def simple_views(images: np.ndarray) -> np.ndarray:
 
 def tiny_config(**overrides):
   """A config 'for tests only': ResNet-18 at width 1/8 on 28x28 Fashion-MNIST."""
-  c = base.get_config()
+  c = defaults.get_config()
   c.model.depth = 18
   c.model.width_multiplier = 0.125
   c.model.head_out_dim = 16

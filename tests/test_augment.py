@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax.data import augment
 from simclr_jax.data import sources
 
@@ -16,14 +16,14 @@ RATE_TOLERANCE = 0.06
 @pytest.fixture(scope='module')
 def grey_image():
   """A real Fashion-MNIST test image, float32 [28, 28, 1] (a shirt: not left-right symmetric)."""
-  test = sources.load(base.get_config().dataset, 'test[:100]')
+  test = sources.load(defaults.get_config().dataset, 'test[:100]')
   return test.images[1].astype(np.float32) / 255.
 
 
 @pytest.fixture(scope='module')
 def rgb_image():
   """A colour image made of three different real Fashion-MNIST images as R, G, B: [28, 28, 3]."""
-  test = sources.load(base.get_config().dataset, 'test[:100]')
+  test = sources.load(defaults.get_config().dataset, 'test[:100]')
   return np.concatenate([test.images[i] for i in (1, 2, 3)], axis=-1).astype(np.float32) / 255.
 
 
@@ -34,7 +34,7 @@ def _many(fn, num=NUM_DRAWS, seed=(7, 11)):
 
 
 def _augment_config(**overrides):
-  config = base.get_config().augment
+  config = defaults.get_config().augment
   for key, value in overrides.items():
     config[key] = value
   return config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import base as base_config
+from simclr_jax import defaults
 from simclr_jax import methods
 from simclr_jax import optim
 from simclr_jax import parallel
@@ -128,7 +128,7 @@ def _optimizer(config):
 def _run(num_devices):
   config = _config()
   images, labels = helpers.fashion_mnist('train', 64)
-  mapper = parallel.Mapper('shard_map', num_devices)
+  mapper = parallel.Mapper(num_devices)
   model = build_model(config.model, num_classes=10, image_size=28, axis_name=parallel.AXIS)
   tx, _ = _optimizer(config)
   step_fn = mapper.map_step(functools.partial(
@@ -181,7 +181,7 @@ def test_bias_learning_rate_scale_scales_only_biases_and_norms():
   grads = jax.tree.map(lambda x: np.full_like(x, 0.1), params)
 
   def updates(scale):
-    config = base_config.get_config().optimizer
+    config = defaults.get_config().optimizer
     config.bias_learning_rate_scale = scale
     config.warmup_epochs = 0.0
     tx, _ = optim.build_optimizer(config, global_batch_size=256, total_steps=10,

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax.data import sources
 
 pytestmark = pytest.mark.skipif(
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _dataset_config(**overrides):
-  config = base.get_config().dataset
+  config = defaults.get_config().dataset
   for key, value in overrides.items():
     config[key] = value
   return config

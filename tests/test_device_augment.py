@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax.data import augment
 from simclr_jax.data import device_augment
 from simclr_jax.data import pipeline
@@ -25,7 +25,7 @@ RATE_TOLERANCE = 0.03  # ~4 sd of a rate over NUM_DRAWS draws
 
 
 def _augment_config(**overrides):
-  config = base.get_config().augment
+  config = defaults.get_config().augment
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -34,13 +34,13 @@ def _augment_config(**overrides):
 @pytest.fixture(scope='module')
 def grey_images():
   """64 real Fashion-MNIST test images, uint8 [64, 28, 28, 1]."""
-  return sources.load(base.get_config().dataset, 'test[:192]').images[:64]
+  return sources.load(defaults.get_config().dataset, 'test[:192]').images[:64]
 
 
 @pytest.fixture(scope='module')
 def rgb_images():
   """64 colour images, each three different real Fashion-MNIST images as R, G, B."""
-  images = sources.load(base.get_config().dataset, 'test[:192]').images
+  images = sources.load(defaults.get_config().dataset, 'test[:192]').images
   return np.concatenate([images[0:64], images[64:128], images[128:192]], axis=-1)
 
 
@@ -125,7 +125,7 @@ def test_sampler_distributions_equal_tf_data(image_hw):
 
 def test_views_depend_on_global_position_not_on_the_split(grey_images):
   """What makes 8 devices == 1: each image's views come from (key, its global position)."""
-  config = base.get_config().augment
+  config = defaults.get_config().augment
   positions = np.arange(64, dtype=np.int32)
   key = jax.random.key(1)
   views = jax.jit(lambda x, p: device_augment.views(x, p, key, config, 28))

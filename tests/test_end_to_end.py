@@ -12,7 +12,7 @@ from tests import helpers
 
 
 def test_fifty_steps_lower_the_loss_and_rank_positives_first(tmp_path):
-  """Issue 2 acceptance 5: a tiny ResNet learns on a small real subset."""
+  """A tiny ResNet learns on a small real subset."""
   config = helpers.tiny_config(num_train_steps=50, batch_size=32, num_devices=1,
                                log_every_steps=5, checkpoint_every_steps=50)
   config.dataset.max_train_examples = 2048
@@ -31,7 +31,7 @@ def test_fifty_steps_lower_the_loss_and_rank_positives_first(tmp_path):
 
 
 def test_main_job_pretrains_checkpoints_resumes_and_writes_results(tmp_path):
-  """Issue 4: tiny config, 8 simulated devices, checkpoint, resume, results.json."""
+  """Tiny config, 8 simulated devices, checkpoint, resume, results.json."""
   workdir = str(tmp_path)
   config = helpers.tiny_config(num_train_steps=4, batch_size=16, num_devices=8,
                                checkpoint_every_steps=2, log_every_steps=2)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax.models import build_model, ContrastiveModel, ProjectionHead, ResNet
 
 H_DIM = 16
@@ -65,7 +65,7 @@ def test_bad_head_mode_raises():
 
 
 def _tiny_config(**overrides):
-  config = base.get_config().model
+  config = defaults.get_config().model
   config.depth = 18
   config.width_multiplier = 0.125
   config.head_out_dim = 8

@@ -52,7 +52,7 @@ def _optimizer(config):
 def _run(num_devices, config):
   """STEPS train steps; returns the host states [before step 0, after step 0, ...] and metrics."""
   images, labels = helpers.fashion_mnist('train', 64)
-  mapper = parallel.Mapper('shard_map', num_devices)
+  mapper = parallel.Mapper(num_devices)
   model = build_model(config.model, num_classes=10, image_size=28, axis_name=parallel.AXIS)
   tx, _ = _optimizer(config)
   step_fn = mapper.map_step(functools.partial(

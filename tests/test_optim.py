@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax import optim
 from simclr_jax.models import ContrastiveModel, ProjectionHead, ResNet
 
@@ -109,7 +109,7 @@ def test_lars_constant_lr_matches_reference(weight_decay):
 
 
 def _optimizer_config(**overrides):
-  config = base.get_config().optimizer
+  config = defaults.get_config().optimizer
   config.learning_rate = 0.3
   config.lr_scaling = 'linear'
   config.weight_decay = WEIGHT_DECAY

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax.data import pipeline
 from simclr_jax.data import sources
 
@@ -14,7 +14,7 @@ NUM_EXAMPLES = 1000
 
 
 def _configs(preset='fashion_mnist', **dataset_overrides):
-  config = base.get_config()
+  config = defaults.get_config()
   config.dataset.max_train_examples = NUM_EXAMPLES
   for key, value in dataset_overrides.items():
     config.dataset[key] = value

@@ -1,4 +1,4 @@
-"""benchmarks/quality_tables.py: the margin over the baselines per label fraction (issue 5).
+"""benchmarks/quality_tables.py: the margin over the baselines per label fraction.
 
 Imported by path, not with benchmarks/quality.py, whose absl flags (--seed, ...) would clash with
 other test modules' in the same pytest process."""

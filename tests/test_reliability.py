@@ -81,7 +81,7 @@ def test_killed_process_resumes_bitwise_exact(uninterrupted, tmp_path):
            '--config.log_every_steps=1', '--config.checkpoint_every_steps=3',
            '--config.num_devices=2', '--config.dataset.max_train_examples=256',
            '--config.augment.crop_area_min=0.08', '--config.augment.color_strength=0.5']
-  cmd = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/base.py',
+  cmd = [sys.executable, '-m', 'simclr_jax.main', '--config=simclr_jax/defaults.py',
          f'--workdir={workdir}', '--mode=pretrain', *flags]
   # The same XLA flags and simulated devices as this process, so the compiled programs are the
   # same.

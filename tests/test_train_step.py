@@ -1,4 +1,4 @@
-"""The per-core train step: 8 simulated devices == 1 device, pmap == shard_map, BN statistics."""
+"""The per-core train step: 8 simulated devices == 1 device, BN statistics."""
 
 import functools
 import os
@@ -18,10 +18,10 @@ from tests import helpers
 from tests import reference
 
 
-def _run(num_devices, mapping, steps=3, config=None, device_augment=False):
+def _run(num_devices, steps=3, config=None, device_augment=False):
   config = config or helpers.tiny_config()
   images, labels = helpers.fashion_mnist('train', 64)
-  mapper = parallel.Mapper(mapping, num_devices)
+  mapper = parallel.Mapper(num_devices)
   model = build_model(config.model, num_classes=10, image_size=28, axis_name=parallel.AXIS)
   method = methods.get_method(config.method)
   tx, _ = optim.build_optimizer(config.optimizer, global_batch_size=config.batch_size,
@@ -46,7 +46,7 @@ def _run(num_devices, mapping, steps=3, config=None, device_augment=False):
 
 @pytest.fixture(scope='module')
 def one_device():
-  return _run(1, 'shard_map')
+  return _run(1)
 
 
 def _assert_states_close(a, b, rtol):
@@ -60,7 +60,7 @@ def _assert_states_close(a, b, rtol):
 
 def test_eight_devices_equal_one_device(one_device):
   state1, hist1 = one_device
-  state8, hist8 = _run(8, 'shard_map')
+  state8, hist8 = _run(8)
   for m1, m8 in zip(hist1, hist8):
     np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
     np.testing.assert_allclose(m8['grad_norm'], m1['grad_norm'], rtol=1e-5)
@@ -70,29 +70,11 @@ def test_eight_devices_equal_one_device(one_device):
   assert hist1[-1]['update_norm'] > 0
 
 
-def test_onednn_convolutions_on_eight_devices_equal_one_device_on_xla_convolutions(one_device):
-  """conv_impl='onednn' (custom calls inside the per-core step) on 8 simulated devices gives
-  the losses and parameters of the default convolutions on 1 device."""
-  state1, hist1 = one_device
-  state8, hist8 = _run(8, 'shard_map', config=helpers.tiny_config(**{'model.conv_impl': 'onednn'}))
-  for m1, m8 in zip(hist1, hist8):
-    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
-  _assert_states_close(state8, state1, rtol=1e-4)
-
-
-def test_pmap_equals_shard_map(one_device):
-  state1, hist1 = one_device
-  state_p, hist_p = _run(8, 'pmap')
-  for m1, mp in zip(hist1, hist_p):
-    np.testing.assert_allclose(mp['loss'], m1['loss'], rtol=1e-5)
-  _assert_states_close(state_p, state1, rtol=1e-4)
-
-
 def test_device_augmentation_eight_devices_equal_one_device(one_device):
   """The views drawn in the step follow each image's global position, not its core."""
   config = helpers.tiny_config(**{'augment.on_device': True})
-  state1, hist1 = _run(1, 'shard_map', config=config, device_augment=True)
-  state8, hist8 = _run(8, 'shard_map', config=config, device_augment=True)
+  state1, hist1 = _run(1, config=config, device_augment=True)
+  state8, hist8 = _run(8, config=config, device_augment=True)
   for m1, m8 in zip(hist1, hist8):
     np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
   _assert_states_close(state8, state1, rtol=1e-4)
@@ -117,7 +99,7 @@ def test_cross_replica_bn_statistics_are_global_batch_statistics():
     return jax.tree.leaves(inter['intermediates'])[0]
 
   def bn_stats(num_devices):
-    mapper = parallel.Mapper('shard_map', num_devices)
+    mapper = parallel.Mapper(num_devices)
 
     def per_core(variables, xs):
       _, new = model.apply(variables, xs, train=True, mutable=['batch_stats'])
@@ -140,7 +122,7 @@ def test_cross_replica_bn_statistics_are_global_batch_statistics():
 
 
 def test_batch_that_does_not_divide_is_a_clear_error():
-  mapper = parallel.Mapper('shard_map', 8)
+  mapper = parallel.Mapper(8)
   with pytest.raises(ValueError, match='multiple of 8'):
     mapper.check_batch_size(12)
 
@@ -151,3 +133,15 @@ def test_importing_the_step_does_not_load_tensorflow():
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert out.stdout.strip() == 'False'
+
+
+def test_supervised_baseline_eight_devices_equal_one_device():
+  """The supervised baseline runs in the same mapped step: its cross-entropy over the global batch
+  and its BN statistics are the same on 8 devices as on 1."""
+  config = helpers.tiny_config(method='supervised')
+  state1, hist1 = _run(1, config=config)
+  state8, hist8 = _run(8, config=config)
+  for m1, m8 in zip(hist1, hist8):
+    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+    np.testing.assert_allclose(m8['train_accuracy'], m1['train_accuracy'], rtol=1e-6)
+  _assert_states_close(state8, state1, rtol=1e-4)

@@ -1,6 +1,6 @@
 """simclr_jax.xla_setup: the config's XLA flags join XLA_FLAGS without overriding the user's."""
 
-from configs import base
+from simclr_jax import defaults
 from simclr_jax import xla_setup
 
 YNN = '--xla_cpu_experimental_ynn_fusion_type'
@@ -32,7 +32,7 @@ def test_apply_changes_nothing_once_jax_has_started():
 
 def test_the_default_config_turns_ynnpack_convolutions_off_and_tests_run_with_it():
   import os  # pylint: disable=g-import-not-at-top
-  flag = base.get_config().xla_flags
+  flag = defaults.get_config().xla_flags
   assert flag == f'{YNN}=-individual_convolution'
   assert YNN in os.environ['XLA_FLAGS']  # conftest applied it before JAX started
 
@@ -67,7 +67,7 @@ def test_the_flag_moves_convolutions_off_ynnpack_in_a_fresh_process():
   """The default flag has the effect it is there for, and a user's XLA_FLAGS overrides it. If a
   new jaxlib no longer puts convolutions on YNNPACK, the second check fails: re-measure
   (docs/benchmarks.md) and drop the flag."""
-  default = base.get_config().xla_flags
+  default = defaults.get_config().xla_flags
   assert not _ynn_conv_in_a_fresh_process('', default)
   assert _ynn_conv_in_a_fresh_process(f'{YNN}=+individual_convolution', default)
 

@@ -8,16 +8,8 @@ A convolution is a sum of matmuls over the kernel taps, so on CPU it can be writ
   channel axis, [B, Ho, Wo, kh*kw*Cin], and multiplied once by the kernel reshaped to
   [kh*kw*Cin, Cout]: one big matmul (K = 9*Cin for 3x3), at the cost of a kh*kw times larger
   patch tensor, which autodiff also keeps for the weight gradient.
-- 'shifted_matmul': the sum over the kh*kw taps of (shifted view) @ kernel[i, j], i.e. kh*kw
-  1x1 convolutions: no patch tensor, but kh*kw smaller matmuls (K = Cin) and kh*kw
-  accumulations.
-- 'xla': `lax.conv_general_dilated`, what `nn.Conv` does (the default; the right choice on
-  TPU/GPU, where the convolution units are the fast path).
-- 'onednn': oneDNN's convolution primitives (what PyTorch's CPU convolutions run on) in all three
-  directions, as XLA custom calls (simclr_jax/kernels/onednn.py), CPU and float32 only. Opt-in:
-  on the 2-core AVX2 machine it was measured on it is slower than 'auto' for the whole step
-  (docs/benchmarks.md, issue 10, session 10); it is there for CPUs where Eigen's weight gradient
-  is the bottleneck (AVX-512: ~128 GFLOP/s against oneDNN's ~330 in session 9's profile).
+- 'xla': `lax.conv_general_dilated`, what `nn.Conv` does (the right choice on TPU/GPU, where the
+  convolution units are the fast path).
 - 'auto': 'xla' off the CPU; on the CPU, per layer (`cpu_impl`): XLA's native convolution for
   a stride-1 conv whose kernel fits in the map and has at least 8 input channels, 'im2col' for
   strided convs, 1x1 convs, the 1-3 channel stem and maps smaller than the kernel (where the
@@ -44,17 +36,17 @@ first):
 
 The ImageNet stem's 3x3/2 max-pool follows the same switch (`max_pool`): XLA:CPU turns the
 gradient of `nn.max_pool` (select-and-scatter) into an index-tracking reduce-window plus a
-scatter, ~75 ms of a ~385 ms Fashion-MNIST step (docs/benchmarks.md); the matmul lowerings use
+scatter, ~75 ms of a ~385 ms Fashion-MNIST step (docs/benchmarks.md); the im2col lowering uses
 a max over the window's strided views with a hand-written gradient instead, routing each output
 gradient to the first maximal element of its window in row-major order, as select-and-scatter
 does (ties are common after a ReLU), so the gradients are identical.
 
-Both matmul lowerings skip kernel taps whose strided view is all padding (`_live_taps`): on the
+im2col skips kernel taps whose strided view is all padding (`_live_taps`): on the
 1x1 maps of the last stage at 28x28, 8 of a 3x3 conv's 9 taps only multiply zeros. On maps with
-fewer pixels than live taps (2x2 under a 3x3 kernel) they multiply the flattened map by the
+fewer pixels than live taps (2x2 under a 3x3 kernel) it multiplies the flattened map by the
 conv's full matrix instead (`_dense_conv`): 16 instead of 36 multiplies per Cin*Cout there.
 
-All three compute the same function with the same parameter: `Conv` is a drop-in for `nn.Conv`
+Every form computes the same function with the same parameter: `Conv` is a drop-in for `nn.Conv`
 (NHWC input, explicit padding, no bias) whose one parameter is `kernel` [kh, kw, Cin, Cout],
 initialised exactly as `nn.Conv` does, so checkpoints move between implementations unchanged.
 Gradients come from autodiff of the chosen form.
@@ -69,9 +61,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from simclr_jax.kernels import onednn as onednn_lib
-
-CONV_IMPLS = ('xla', 'im2col', 'shifted_matmul', 'onednn', 'auto')
+CONV_IMPLS = ('xla', 'im2col', 'auto')
 
 Padding = Sequence[tuple[int, int]]
 
@@ -167,7 +157,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     kernel: [kh, kw, Cin, Cout] (nn.Conv's layout).
     strides: (sh, sw).
     padding: ((lo_h, hi_h), (lo_w, hi_w)) explicit zero padding.
-    impl: 'xla' | 'im2col' | 'shifted_matmul' | 'onednn' | 'auto' (module docstring).
+    impl: 'xla' | 'im2col' | 'auto' (module docstring).
     precision: passed to the matmuls / convolution.
 
   Returns:
@@ -184,23 +174,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
       x = _unfused(x)
   if impl == 'xla':
     return _native_conv(x, kernel, strides, padding, precision)
-  if impl == 'onednn':
-    return onednn_lib.conv2d(x, kernel, tuple(strides), tuple(tuple(p) for p in padding))
   taps = _live_taps(x.shape[1], x.shape[2], kh, kw, strides, padding)
   if x.shape[1] * x.shape[2] < len(taps):
     return _dense_conv(x, kernel, strides, padding, taps, precision)
   views, (b, ho, wo) = _taps(x, kh, kw, strides, padding, taps=taps)
-  if len(views) == 1 or impl == 'im2col':
-    # Channel order (tap, c) matches the kernel rows stacked tap by tap.
-    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-    rows = jnp.concatenate([kernel[i, j] for i, j in taps], axis=0)
-    y = jnp.dot(patches.reshape(b * ho * wo, len(taps) * cin), rows, precision=precision)
-    return y.reshape(b, ho, wo, cout)
-  # shifted_matmul: one 1x1 conv per tap, accumulated.
-  y = None
-  for (i, j), view in zip(taps, views):
-    term = jnp.dot(view.reshape(b * ho * wo, cin), kernel[i, j], precision=precision)
-    y = term if y is None else y + term
+  # Channel order (tap, c) matches the kernel rows stacked tap by tap.
+  patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+  rows = jnp.concatenate([kernel[i, j] for i, j in taps], axis=0)
+  y = jnp.dot(patches.reshape(b * ho * wo, len(taps) * cin), rows, precision=precision)
   return y.reshape(b, ho, wo, cout)
 
 

@@ -150,7 +150,7 @@ def compute_dtype(name: str, backend: Optional[str] = None):
 
 def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
                 axis_name: Optional[str] = None) -> ContrastiveModel:
-  """Builds the ContrastiveModel described by `config.model` (see configs/base.py).
+  """Builds the ContrastiveModel described by `config.model` (see simclr_jax/defaults.py).
 
   Args:
     model_config: config.model: depth, width_multiplier, cifar_stem, dtype ('float32' |

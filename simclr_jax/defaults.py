@@ -1,15 +1,33 @@
-"""Every config field simclr_jax knows, with defaults. Other configs import and override this.
+"""Every config field simclr_jax knows, with its default; the config files override these.
 
-Not meant to be run on its own; see configs/fashion_mnist.py, configs/cifar10.py,
-configs/imagenet.py.
+The files users run live in the repository's `configs/` (configs/fashion_mnist.py,
+configs/cifar10.py, configs/imagenet.py, ...): each defines `get_config()` starting from
+`defaults.get_config()`, or from another config file through `config_file`, so a config file works
+from any working directory once the package is installed.
 """
+
+import importlib.util
+import os
+import types
 
 import ml_collections
 
 
+def config_file(anchor: str, name: str) -> types.ModuleType:
+  """The config file `name`.py beside the file `anchor` (a config file's `__file__`), imported.
+
+  For config files that build on another: `config_file(__file__, 'fashion_mnist').get_config()`.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(anchor)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'simclr_jax_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = 'simclr'  # simclr | moco | barlow_twins
+  c.method = 'simclr'  # simclr | moco | barlow_twins | supervised (the baseline: labels, no SSL)
   c.seed = 0
   c.batch_size = 256  # global, in images (each gives 2 views)
   c.num_epochs = 100
@@ -20,7 +38,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.mapping = 'shard_map'  # shard_map | pmap: how the per-core step is mapped over devices
   c.num_devices = -1  # -1: all local devices of every process
   c.init = 'pretrained'  # pretrained | random: the encoder that evaluation protocols use
   c.init_checkpoint = ''  # a workdir (or checkpoint dir) to take the encoder from for eval modes
@@ -152,10 +169,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.negative_mining = 'none'  # nt_logistic, margin_triplet: none | semi_hard
 
   # How the encoder's convolutions are lowered (simclr_jax/models/conv.py): xla (nn.Conv; TPU,
-  # GPU) | im2col | shifted_matmul (matmuls; same parameters, for CPUs) | onednn (oneDNN's
-  # kernels as XLA custom calls, CPU float32, opt-in: simclr_jax/kernels/onednn.py) | auto (xla
-  # off the CPU; on the CPU per layer, conv.cpu_impl: native for stride-1 convs that fit the map
-  # and have >= 8 input channels, im2col for the others).
-  # Same parameters and math in all five. docs/benchmarks.md.
+  # GPU) | im2col (one matmul per conv; same parameters, for CPUs) | auto (xla off the CPU; on
+  # the CPU per layer, conv.cpu_impl: native for stride-1 convs that fit the map and have >= 8
+  # input channels, im2col for the others). Same parameters and math in all three.
   c.model.conv_impl = 'auto'
   return c
