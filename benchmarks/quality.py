@@ -83,6 +83,7 @@ from simclr_jax import config_validation
 from simclr_jax import optim
 from simclr_jax import train
 from simclr_jax import xla_setup
+from simclr_jax.data import pipeline
 from simclr_jax.evaluation import data as data_lib
 from simclr_jax.evaluation import knn as knn_lib
 from simclr_jax.evaluation import linear as linear_lib
@@ -273,7 +274,7 @@ def _lightly_row(data) -> dict:
   if actual != mirrored:
     raise ValueError(f'benchmarks/lightly_simclr.py mirrors {mirrored} only; the config has '
                      f'{actual}: extend the mirror or drop the lightly row (--rows)')
-  steps_per_epoch = config_validation.steps_per_epoch(config, NUM_PRETRAIN_EXAMPLES)
+  steps_per_epoch = pipeline.steps_per_epoch(NUM_PRETRAIN_EXAMPLES, config.batch_size)
   warmup_fraction = optim.warmup_steps(config.optimizer, steps_per_epoch) / _nominal_steps(config)
   cmd = [FLAGS.torch_python, script, f'--data={data_path}', f'--out={feats_path}',
          f'--weights_out={weights_path}',

@@ -6,6 +6,8 @@ from typing import Iterable
 import ml_collections
 
 from simclr_jax import defaults
+from simclr_jax import methods
+from simclr_jax.data import pipeline
 
 _DEPTHS = (18, 34, 50, 101, 152, 200)
 _CHOICES = {
@@ -22,8 +24,7 @@ _CHOICES = {
 }
 
 
-class ConfigError(ValueError):
-  """A config field has a value simclr_jax cannot run with."""
+ConfigError = defaults.ConfigError
 
 
 def _flatten(cfg, prefix=''):
@@ -81,7 +82,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     value = _get(config, name)
     if value not in choices:
       raise ConfigError(f'config.{name}={value!r} is not one of {list(choices)}')
-  from simclr_jax import methods  # pylint: disable=g-import-not-at-top
   if config.method not in methods.available():
     raise ConfigError(f'config.method={config.method!r} is unknown; use one of '
                       f'{methods.available()}')
@@ -118,11 +118,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,
     raise ConfigError(f'config.eval.l2_reg_grid={tuple(config.eval.l2_reg_grid)} must hold '
                       f'weight decays >= 0, with config.eval.l2_reg_folds >= 2 (now '
                       f'{config.eval.l2_reg_folds}); () uses the fixed config.eval.l2_reg')
-  from simclr_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
-  unknown = [p for p in config.eval.protocols if p not in protocols.PROTOCOLS]
-  if unknown:
-    raise ConfigError(f'config.eval.protocols has unknown protocols {unknown}; use names from '
-                      f'{sorted(protocols.PROTOCOLS)}')
   if config.eval.finetune_epochs and (
       len(config.eval.finetune_epochs) != len(config.eval.finetune_fractions)):
     raise ConfigError(f'config.eval.finetune_epochs={tuple(config.eval.finetune_epochs)} needs '
@@ -137,16 +132,12 @@ def total_steps(config, num_train_examples: int) -> int:
   """Optimizer steps of the run: num_train_steps when > 0, else epochs (rounded up)."""
   if config.num_train_steps > 0:
     return int(config.num_train_steps)
-  return int(math.ceil(config.num_epochs * steps_per_epoch(config, num_train_examples)))
-
-
-def steps_per_epoch(config, num_train_examples: int) -> int:
-  return max(1, num_train_examples // config.batch_size)
+  return int(math.ceil(config.num_epochs * pipeline.steps_per_epoch(num_train_examples, config.batch_size)))
 
 
 def check_schedule(config, num_train_examples: int) -> None:
   """The warmup must fit in the run."""
-  warmup = config.optimizer.warmup_epochs * steps_per_epoch(config, num_train_examples)
+  warmup = config.optimizer.warmup_epochs * pipeline.steps_per_epoch(num_train_examples, config.batch_size)
   steps = total_steps(config, num_train_examples)
   if warmup > steps:
     raise ConfigError(

@@ -13,6 +13,10 @@ import types
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A config field has a value simclr_jax cannot run with."""
+
+
 def config_file(anchor: str, name: str) -> types.ModuleType:
   """The config file `name`.py beside the file `anchor` (a config file's `__file__`), imported.
 

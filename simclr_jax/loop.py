@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import config_validation
+from simclr_jax import defaults
 from simclr_jax import metric_writer
 from simclr_jax import optim
 from simclr_jax import time_budget
@@ -154,7 +154,7 @@ class ElapsedLog:
       return
     was_timed = bool(self._read())
     if timed != was_timed:
-      raise config_validation.ConfigError(
+      raise defaults.ConfigError(
           f'the checkpoints in {os.path.dirname(self.path)} come from a run '
           f'{"with" if was_timed else "without"} config.time_budget_minutes and resume only '
           f'in that mode: {"set it as before" if was_timed else "leave it at 0"}, or use a '
@@ -165,7 +165,7 @@ class ElapsedLog:
       return 0.0
     log = self._read()
     if str(step) not in log:
-      raise config_validation.ConfigError(
+      raise defaults.ConfigError(
           f'{self.path} has no elapsed time for checkpoint step {step}; cannot continue the '
           'time budget. Use a new --workdir.')
     return float(log[str(step)])

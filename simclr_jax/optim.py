@@ -35,9 +35,10 @@ import jax
 import ml_collections
 import optax
 
+from simclr_jax.models.heads import PROBE_KEY
+
 OPTIMIZERS = ('lars', 'sgd', 'adamw')
 LR_SCALINGS = ('linear', 'sqrt', 'none')
-PROBE_KEY = 'probe'  # Top-level param key of the online linear probe (see ContrastiveModel).
 
 
 def exclude_bias_and_norm(path: tuple[Any, ...], leaf: jax.Array) -> bool:

@@ -37,11 +37,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Runs `mode` (see MODES) and returns the merged results.json contents."""
   if mode not in MODES:
     raise ValueError(f'unknown mode {mode!r}; use one of {MODES}')
+  names = MODE_PROTOCOLS.get(mode, tuple(config.eval.protocols))
+  if mode != 'pretrain':
+    protocols.check_names(names)  # before any pretraining
+  pretrains = mode in ('pretrain', 'pretrain_then_eval')
+  if not pretrains:
+    config_validation.validate(config)  # pretraining validates it (train.setup), once per run
   metric_writer.makedirs(workdir)  # local or gs://
-  config_validation.validate(config)
   results = {}
   state = None
-  if mode in ('pretrain', 'pretrain_then_eval'):
+  if pretrains:
     t0 = time.time()
     out = train.pretrain(config, workdir)
     state = out['state']
@@ -54,7 +59,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return {**results, 'preempted': True}
   if mode == 'pretrain':
     return results
-  names = MODE_PROTOCOLS.get(mode, tuple(config.eval.protocols))
   data = data_lib.load(config.dataset)
   encoder = Encoder(config, workdir, num_classes=data.num_classes,
                     image_shape=data.train.image_shape, state=state)

@@ -57,7 +57,7 @@ def build(config: ml_collections.ConfigDict, mapper: parallel.Mapper, *,
           num_train_examples: int, num_classes: int, channels: int, source=None) -> Setup:
   """Model, method, optimizer and schedule of a run over `mapper`'s devices, from the dataset's
   size alone (`setup` reads it from the source; benchmarks/tpu_compile.py states ImageNet's)."""
-  steps_per_epoch = config_validation.steps_per_epoch(config, num_train_examples)
+  steps_per_epoch = pipeline.steps_per_epoch(num_train_examples, config.batch_size)
   total_steps = config_validation.total_steps(config, num_train_examples)
   image_shape = (config.dataset.image_size, config.dataset.image_size, channels)
   model = build_model(config.model, num_classes=num_classes, image_size=image_shape[0],

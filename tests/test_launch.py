@@ -138,6 +138,8 @@ def test_notebook_is_valid():
   for needed in ('jax.devices()', 'run.train_and_evaluate', 'preview.preview_grid',
                  'summary_iterator', "mode='linear_eval'", 'jax[tpu]'):
     assert needed in sources, needed
+  # No placeholder URL: an unset repository is a clear error naming the setting.
+  assert 'YOUR_ORG' not in sources and 'Set REPO_URL' in sources
   assert all(not c.get('outputs') for c in nb.cells if c.cell_type == 'code'), 'clear outputs'
 
 

@@ -114,7 +114,8 @@ def test_batch_size_errors():
 
 def test_steps_per_epoch():
   assert pipeline.steps_per_epoch(60000, 256) == 234
-  assert pipeline.steps_per_epoch(255, 256) == 0
+  assert pipeline.steps_per_epoch(511, 256) == 1
+  assert pipeline.steps_per_epoch(255, 256) == 1
 
 
 def test_eval_arrays():

@@ -44,8 +44,9 @@ STREAM_SHARDS = 64
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """Full global batches per epoch (the remainder is dropped)."""
-  return num_examples // global_batch_size
+  """Full global batches per epoch (the remainder is dropped), at least 1: the unit of every
+  schedule's epochs (a split smaller than one batch is refused by `pretrain_batches`)."""
+  return max(1, num_examples // global_batch_size)
 
 
 def host_batch_size(global_batch_size: int, process_count: int) -> int:

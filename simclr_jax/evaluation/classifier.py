@@ -29,6 +29,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import checkpoint
+from simclr_jax import defaults
 from simclr_jax import loop
 from simclr_jax import metric_writer
 from simclr_jax import parallel
@@ -266,7 +267,6 @@ def _check_settings(workdir: str, settings: dict) -> None:
   a clear error (a resumed run with another learning rate or length would mix two runs)."""
   import json  # pylint: disable=g-import-not-at-top
   from tensorflow.io import gfile  # pylint: disable=g-import-not-at-top  (handles gs://)
-  from simclr_jax import config_validation  # pylint: disable=g-import-not-at-top
   path = f'{workdir.rstrip("/")}/{SETTINGS_FILE}'
   settings = json.loads(json.dumps(settings))
   if gfile.exists(path):
@@ -274,7 +274,7 @@ def _check_settings(workdir: str, settings: dict) -> None:
       saved = json.load(f)
     if saved != settings:
       changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-      raise config_validation.ConfigError(
+      raise defaults.ConfigError(
           f'{workdir} holds a {saved.get("name")} run with other settings ({", ".join(changed)}: '
           f'{[saved.get(k) for k in changed]} there, {[settings.get(k) for k in changed]} now); '
           f'delete {workdir} to run afresh with these, or restore the settings to resume it.')

@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from simclr_jax import defaults
 from simclr_jax.evaluation import data as data_lib
 from simclr_jax.evaluation import classifier
 from simclr_jax.evaluation import features as features_lib
@@ -313,16 +314,22 @@ ALL = ('linear', 'knn', 'finetune', 'label_fraction_linear', 'embed_plot')
 STREAMABLE = ('linear', 'linear_sgd', 'knn', 'finetune')
 
 
+def check_names(names) -> None:
+  """A ConfigError naming the unknown protocols of `names`, if any."""
+  unknown = [name for name in names if name not in PROTOCOLS]
+  if unknown:
+    raise defaults.ConfigError(f'config.eval.protocols has unknown protocols {unknown}; use '
+                               f'names from {sorted(PROTOCOLS)}')
+
+
 def run(names, config, workdir, encoder: Encoder, data: data_lib.EvalData,
         on_result: Callable[[dict], dict]) -> dict:
   """Runs the protocols `names` in order; `on_result` gets each one's metrics (it merges them
   into results.json and returns the merged dict). On streamed data the protocols that need the
   data in memory are skipped with a warning."""
+  check_names(names)
   results = {}
   for name in names:
-    if name not in PROTOCOLS:
-      raise ValueError(f'unknown evaluation protocol {name!r}; config.eval.protocols takes '
-                       f'{sorted(PROTOCOLS)}')
     if not data.in_memory and name not in STREAMABLE:
       logging.warning('%s is streamed: protocol %s needs the data in memory, skipped (the '
                       'streamed protocols: %s)', data.train.name, name, STREAMABLE)

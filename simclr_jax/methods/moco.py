@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from simclr_jax import optim
 from simclr_jax.methods import base
+from simclr_jax.models.heads import PROBE_KEY
 
 PyTree = Any
 _QUEUE_SEED_TAG = 0x6d6f636f  # 'moco': the queue's key is fold_in(key(config.seed), this)
@@ -86,12 +86,12 @@ def embedding_dim(params: Mapping[str, PyTree]) -> int:
   dense = sorted((k for k in head if k.startswith('dense_')), key=lambda k: int(k.split('_')[1]))
   if dense:
     return int(head[dense[-1]]['kernel'].shape[-1])
-  return int(params[optim.PROBE_KEY]['kernel'].shape[0])  # mode 'none': z = h, read by the probe
+  return int(params[PROBE_KEY]['kernel'].shape[0])  # mode 'none': z = h, read by the probe
 
 
 def _online_part(params: Mapping[str, PyTree]) -> dict:
   """The params the key encoder mirrors: everything but the online probe."""
-  return {k: v for k, v in params.items() if k != optim.PROBE_KEY}
+  return {k: v for k, v in params.items() if k != PROBE_KEY}
 
 
 def check_config(config) -> None:
@@ -155,7 +155,7 @@ class MoCo(base.Method):
     queue = lax.stop_gradient(extra['queue'])
     # The key encoder also computes probe logits; feed it the (constant) online probe.
     key_params = dict(extra['key_params'],
-                      **{optim.PROBE_KEY: lax.stop_gradient(params[optim.PROBE_KEY])})
+                      **{PROBE_KEY: lax.stop_gradient(params[PROBE_KEY])})
 
     def forward(p, stats, x):
       out, state = model.apply({'params': p, 'batch_stats': stats}, x, train=True,

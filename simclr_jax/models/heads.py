@@ -16,6 +16,7 @@ import ml_collections
 from simclr_jax.models.resnet import CIFAR_STEM_MAX_SIDE, ResNet
 
 HEAD_MODES = ('none', 'linear', 'nonlinear')
+PROBE_KEY = 'probe'  # top-level param key of the online linear probe (ContrastiveModel)
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -131,7 +132,7 @@ class ContrastiveModel(nn.Module):
     h = self.encoder(x, train=train, fine_tune_after_block=fine_tune_after_block)
     head_outputs = self.head(h, train=train)
     # stop_gradient: the probe only measures h during pretraining, it must not shape it.
-    probe_logits = nn.Dense(self.num_classes, param_dtype=jnp.float32, name='probe')(
+    probe_logits = nn.Dense(self.num_classes, param_dtype=jnp.float32, name=PROBE_KEY)(
         jax.lax.stop_gradient(h))
     return dict(h=h, z=head_outputs[-1], head_outputs=head_outputs, probe_logits=probe_logits)
 

@@ -1,6 +1,6 @@
 r"""Writes a PNG grid of real training images and the two augmented views the model sees.
 
-  python -m simclr_jax.data.preview --config=configs/fashion_mnist.py --out=views.png
+  python -m simclr_jax.preview --config=configs/fashion_mnist.py --out=views.png
 
 Rows are examples; columns are (original, view 1, view 2), taken from the first pretraining
 batch, so the picture shows exactly the views of the config's first step (drawn as the train
@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from simclr_jax import train_step
 from simclr_jax.data import augment
 from simclr_jax.data import pipeline
 from simclr_jax.data import sources
@@ -37,7 +38,6 @@ def preview_grid(config, *, num_examples: int = 8, seed: Optional[int] = None) -
                                          global_batch_size=num_examples, seed=seed,
                                          device_augment=on_device))
   if on_device:  # The views the train step draws at step 0.
-    from simclr_jax import train_step  # pylint: disable=g-import-not-at-top
     batch = {'views': np.asarray(train_step.batch_views(batch, train_step.run_key(seed), 0,
                                                         config))}
   # Recover the originals by re-running the pipeline with no augmentation: same (seed, step)
@@ -84,7 +84,7 @@ def write_preview(config, out: str, *, num_examples: int) -> str:
 
 
 if __name__ == '__main__':
-  # Command-line entry (python -m simclr_jax.data.preview --config=... --out=...): the flags are
+  # Command-line entry (python -m simclr_jax.preview --config=... --out=...): the flags are
   # defined and read only here; the library function takes plain arguments.
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
