@@ -1,4 +1,4 @@
-"""CPU default: SimCLR on real Fashion-MNIST, pretraining + linear evaluation in ~11 min on 2 cores.
+"""CPU default: SimCLR on real Fashion-MNIST, pretraining + linear evaluation in 7-13 min on 2 cores.
 
 Run:
   python -m simclr_jax.main --config=configs/fashion_mnist.py --workdir=/tmp/simclr_fmnist
@@ -6,12 +6,12 @@ Run:
 Fashion-MNIST is read offline from the Debian package dataset-fashion-mnist
 (`apt-get install -y dataset-fashion-mnist`), or from TFDS when online.
 
-Measured (README, docs/benchmarks.md, 2026-11-24, 2-core CPU, the command above): 2,340 LARS
-steps (10 epochs, batch 256) of a ResNet-18 at width 0.5 with the ImageNet stem (h is 256-d),
-temperature 0.1, views drawn in the train step, 11 min 21 s end to end: linear-eval top-1 0.8531
-against 0.8406 for logistic regression on raw pixels of the same run (views from tf.data:
-0.8491; T = 0.2: 0.8426). There is no paper number
-for Fashion-MNIST; the paper's CIFAR-10 setup is configs/cifar10.py.
+2,340 LARS steps (10 epochs, batch 256) of a ResNet-18 at width 0.5 with the ImageNet stem (h is
+256-d), temperature 0.1, views drawn in the train step. Measured (docs/benchmarks.md, quality,
+`bash launch/quickstart.sh`): 7 min 21 s end to end on a 2-core Xeon (2026-11-25), linear-eval
+top-1 0.8465 against 0.8404 for logistic regression on raw pixels; 12 min 41 s on a 2-core AVX2
+EPYC (2026-12-01), 0.8543 against 0.8409. There is no paper number for Fashion-MNIST; the paper's
+CIFAR-10 setup is configs/cifar10.py.
 """
 
 from simclr_jax import defaults
@@ -25,16 +25,15 @@ def get_config():
   c.augment.color_strength = 0.5
   c.augment.crop_area_min = 0.2
   # The views are drawn inside the train step (simclr_jax/data/device_augment.py): tf.data's
-  # per-image ops took 8-13 % of the loop's throughput on 2 cores (docs/benchmarks.md, input).
+  # per-image ops took 8-13 % of the loop's throughput on 2 cores (docs/benchmarks.md, training loop).
   c.augment.on_device = True
   c.model.depth = 18
   c.model.width_multiplier = 0.5
-  # ImageNet stem (stride-2 conv + max-pool: 28 -> 7): 4x faster per image than the CIFAR stem at
-  # width 0.25, and better features for the same 15 minutes (docs/benchmarks.md).
+  # ImageNet stem (stride-2 conv + max-pool: 28 -> 7): 2.4x the views/s of the CIFAR stem at
+  # width 0.25, and better features for the same 15 minutes (docs/benchmarks.md, training step).
   c.model.cifar_stem = False
-  # conv_impl stays base's 'auto': on the CPU per layer XLA's conv or im2col and a hand-written
-  # max-pool gradient, ~3.5x the views/s of plain 'xla' with jaxlib's default flags for this
-  # model on 2 cores (simclr_jax/models/conv.py, docs/benchmarks.md).
+  # conv_impl stays the default 'auto': on the CPU per layer XLA's conv or im2col and a
+  # hand-written max-pool gradient (simclr_jax/models/conv.py; docs/benchmarks.md, training step).
   c.model.head_out_dim = 64
   c.batch_size = 256
   c.num_epochs = 10

@@ -36,7 +36,7 @@ first):
 
 The ImageNet stem's 3x3/2 max-pool follows the same switch (`max_pool`): XLA:CPU turns the
 gradient of `nn.max_pool` (select-and-scatter) into an index-tracking reduce-window plus a
-scatter, ~75 ms of a ~385 ms Fashion-MNIST step (docs/benchmarks.md); the im2col lowering uses
+scatter, ~75 ms of a ~385 ms Fashion-MNIST step (docs/benchmarks.md, training step); im2col uses
 a max over the window's strided views with a hand-written gradient instead, routing each output
 gradient to the first maximal element of its window in row-major order, as select-and-scatter
 does (ties are common after a ReLU), so the gradients are identical.
