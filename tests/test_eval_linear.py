@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from simclr_jax.evaluation import data
 from simclr_jax.evaluation import linear
+from simclr_jax.evaluation import linear_sgd
 from simclr_jax.evaluation import subsets
 from simclr_jax.models import build_model
 from tests import helpers
@@ -131,14 +132,14 @@ def test_official_protocol_learns_and_freezes_the_model(tiny):
   before = jax.tree.map(lambda x: np.array(x, copy=True), variables)
   train = data.EvalSplit.from_arrays(images[:256], labels[:256], num_classes=10)
   test = data.EvalSplit.from_arrays(images[256:], labels[256:], num_classes=10)
-  result = linear.linear_eval_official(
+  result = linear_sgd.linear_eval_official(
       model, variables, train, test, num_classes=10, epochs=8, batch_size=64,
       learning_rate=10.0, augment_fn=None)
   assert result['top1'] > 0.4  # Chance is 0.1; L-BFGS on the same features gets ~0.65.
   assert result['classifier']['kernel'].shape == (64, 10)
   _assert_trees_bitwise_equal(variables, before)
 
-  augmented = linear.linear_eval_official(model, variables, train, test, num_classes=10,
+  augmented = linear_sgd.linear_eval_official(model, variables, train, test, num_classes=10,
                                           epochs=1, batch_size=64)
   assert 0.0 <= augmented['top1'] <= augmented['top5'] <= 1.0
   _assert_trees_bitwise_equal(variables, before)
@@ -202,17 +203,17 @@ def test_sigterm_during_the_sgd_protocol_resumes_bitwise(tiny, tmp_path):
   test = data.EvalSplit.from_arrays(images[256:], labels[256:], num_classes=10)
   kwargs = dict(num_classes=10, epochs=1.5, batch_size=64, learning_rate=1.0,
                 checkpoint_every_steps=100)  # 6 steps; the only mid-run save is the signal's
-  whole = linear.linear_eval_official(model, variables, train, test,
+  whole = linear_sgd.linear_eval_official(model, variables, train, test,
                                       workdir=str(tmp_path / 'whole'), **kwargs)
 
   def stop_at_3(step):
     if step == 3:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  first = linear.linear_eval_official(model, variables, train, test,
+  first = linear_sgd.linear_eval_official(model, variables, train, test,
                                       workdir=str(tmp_path / 'cut'), on_step=stop_at_3, **kwargs)
   assert first['preempted'] and first['top1'] is None
-  resumed = linear.linear_eval_official(model, variables, train, test,
+  resumed = linear_sgd.linear_eval_official(model, variables, train, test,
                                         workdir=str(tmp_path / 'cut'), **kwargs)
   assert not resumed['preempted'] and resumed['steps'] == whole['steps'] == 6
   for key in ('kernel', 'bias'):
@@ -225,8 +226,8 @@ def test_rerun_with_other_settings_is_a_clear_error(tiny, tmp_path):
   from simclr_jax import config_validation  # pylint: disable=g-import-not-at-top
   model, variables, images, labels = tiny
   train = data.EvalSplit.from_arrays(images[:64], labels[:64], num_classes=10)
-  linear.linear_eval_official(model, variables, train, train, num_classes=10, epochs=1,
+  linear_sgd.linear_eval_official(model, variables, train, train, num_classes=10, epochs=1,
                               batch_size=32, workdir=str(tmp_path))
   with pytest.raises(config_validation.ConfigError, match='learning_rate.*delete'):
-    linear.linear_eval_official(model, variables, train, train, num_classes=10, epochs=1,
+    linear_sgd.linear_eval_official(model, variables, train, train, num_classes=10, epochs=1,
                                 batch_size=32, learning_rate=0.5, workdir=str(tmp_path))

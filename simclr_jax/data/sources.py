@@ -21,6 +21,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from simclr_jax.data import image_folder
+
 # Debian's `dataset-fashion-mnist` installs the four IDX files here.
 DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -34,8 +36,6 @@ STREAMING_DATASETS = ('imagenet2012', 'imagenet2012_subset', 'imagenet2012_real'
 # Above this many uint8 bytes a fixed-shape TFDS split is streamed rather than loaded.
 MAX_IN_MEMORY_BYTES = 4 << 30
 
-_IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-_NUM_BAD_PATHS_LOGGED = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,31 +336,7 @@ def _load_tfds(name: str, split: str, dataset_config) -> Source:
 
 
 # ----------------------------------------------------------------------------------------------
-# Image folders.
-
-def _read_image(path: str, image_size: int):
-  """Decodes one image, resized (shorter side) and centre-cropped to image_size x image_size.
-
-  Returns:
-    (uint8 array [image_size, image_size, C], is_grey).
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(path) as img:
-    img.load()  # Decodes now, so a truncated file raises here rather than later.
-    is_grey = img.mode in ('1', 'L', 'I;16', 'I', 'F', 'LA')
-    img = img.convert('L' if is_grey else 'RGB')
-    w, h = img.size
-    side = min(w, h)
-    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    img = img.resize((image_size, image_size), Image.Resampling.BICUBIC, box=box)
-    array = np.asarray(img, dtype=np.uint8)
-  return (array[..., None] if is_grey else array), is_grey
-
-
-def _list_class_folders(root: str) -> list[str]:
-  return sorted(d for d in os.listdir(root)
-                if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
-
+# Image folders (read by simclr_jax/data/image_folder.py).
 
 def _load_image_folder(split: str, dataset_config) -> Source:
   root = dataset_config.get('folder', '')
@@ -370,55 +346,13 @@ def _load_image_folder(split: str, dataset_config) -> Source:
   base = parse_split(split)[0]
   # A root with split subfolders (root/train/<class>/...) is used per split; otherwise the root
   # itself holds the classes and every split slices it.
-  if os.path.isdir(os.path.join(root, base)) and _list_class_folders(os.path.join(root, base)):
+  if (os.path.isdir(os.path.join(root, base))
+      and image_folder.class_folders(os.path.join(root, base))):
     root = os.path.join(root, base)
-  classes = _list_class_folders(root)
-  if not classes:
-    raise ValueError(f'Image folder {root!r} has no class subfolders (expected '
-                     'root/<class>/*.png).')
-  paths, labels = [], []
-  for label, cls in enumerate(classes):
-    files = sorted(f for f in os.listdir(os.path.join(root, cls))
-                   if f.lower().endswith(_IMAGE_EXTENSIONS))
-    if not files:
-      raise ValueError(f'Class folder {os.path.join(root, cls)!r} holds no JPEG/PNG images: add '
-                       'images or remove the folder.')
-    paths += [os.path.join(root, cls, f) for f in files]
-    labels += [label] * len(files)
-  labels = np.asarray(labels, np.int32)
-  if split != base:
-    # Files are sorted by class, so a plain slice would cut whole classes out: slice a fixed
-    # permutation (seed 0, independent of the run seed) so that 'train[:90%]' and 'train[90%:]'
-    # are disjoint and class-mixed.
-    order = np.random.default_rng(0).permutation(len(paths))[slice_for_split(split, len(paths))]
-    order.sort()
-    paths = [paths[i] for i in order]
-    labels = labels[order]
-
-  image_size = int(dataset_config.get('image_size', 224))
-  images, keep, bad, greys = [], [], [], []
-  for i, path in enumerate(paths):
-    try:
-      array, is_grey = _read_image(path, image_size)
-    except Exception as e:  # pylint: disable=broad-except  (PIL raises OSError, SyntaxError, ...)
-      if dataset_config.get('strict', False):
-        raise ValueError(f'Unreadable image {path!r} ({e}); fix or delete it, or set '
-                         '`--config.dataset.strict=False` to skip such files.') from e
-      bad.append(path)
-      continue
-    images.append(array)
-    greys.append(is_grey)
-    keep.append(i)
-  if bad:
-    logging.warning('Skipped %d unreadable image(s) in %s, e.g. %s', len(bad), root,
-                    ', '.join(bad[:_NUM_BAD_PATHS_LOGGED]))
-  if not images:
-    raise ValueError(f'No readable images in {root!r}.')
-  # One channel count for the whole folder: grey only if every image is grey.
-  if not all(greys):
-    images = [np.repeat(a, 3, axis=-1) if g else a for a, g in zip(images, greys)]
-  images = np.stack(images)
-  labels = labels[keep]
+  images, labels, classes = image_folder.read(
+      root, image_size=int(dataset_config.get('image_size', 224)),
+      strict=bool(dataset_config.get('strict', False)),
+      select=None if split == base else functools.partial(slice_for_split, split))
   images, labels = _truncate_train(dataset_config, split, images, labels)
   logging.info('Loaded image folder %s (%s): %d images, %d classes.', root, split, len(images),
                len(classes))

@@ -5,7 +5,7 @@ One step serves two protocols:
   `head_outputs[head_layer]` (0 = h; 1 = the first projection layer, SimCLRv2), and the encoder
   blocks after `fine_tune_after_block` train with it (plus projection layers 1..head_layer), BN in
   train mode with statistics over the global batch;
-- the paper's linear evaluation (`linear.linear_eval_official`): everything frozen in inference
+- the paper's linear evaluation (`linear_sgd.linear_eval_official`): everything frozen in inference
   mode, only the classifier trains.
 
 The step is written for one core (collectives name the axis 'batch') and mapped by
