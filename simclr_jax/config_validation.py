@@ -56,7 +56,7 @@ def check_known_fields(config: ml_collections.ConfigDict,
     try:
       value = _get(config, name)
     except (KeyError, AttributeError):
-      continue  # missing fields take their defaults via `with_defaults`
+      continue  # a field a config leaves out is read with its default where it is used
     if default is None or value is None:
       continue
     numeric = (int, float)
@@ -65,13 +65,6 @@ def check_known_fields(config: ml_collections.ConfigDict,
             isinstance(default, str) and not isinstance(value, str)):
       raise ConfigError(f'config field {name!r} should be {type(default).__name__}, '
                         f'got {value!r} ({type(value).__name__})')
-
-
-def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The base config updated with `config` (so partial configs get every field)."""
-  full = defaults.get_config()
-  full.update(config)
-  return full
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1,

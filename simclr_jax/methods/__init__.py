@@ -14,11 +14,6 @@ _REGISTRY = {
 }
 
 
-def register(name: str, cls) -> None:
-  """Adds a method class under `name` (used by method modules)."""
-  _REGISTRY[name] = cls
-
-
 def available() -> list[str]:
   return sorted(_REGISTRY)
 
