@@ -55,6 +55,7 @@ encoder fine-tuned alike (the issue's "largest margin at 1% labels").
 Prints the markdown tables and one JSON line (all figures, the step counts and the load average).
 """
 
+import ast
 import datetime
 import json
 import os
@@ -103,6 +104,13 @@ RANDOM_INIT_FINETUNE_LR = 0.1
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float('pretrain_minutes', 15.0, 'Wall-clock pretraining budget per row, minutes.')
+flags.DEFINE_multi_string('override', [], 'Config overrides of the pretrained rows (simclr, moco, '
+                          'barlow_twins, supervised), e.g. --override=model.width_multiplier=0.25; '
+                          'values are Python literals.')
+flags.DEFINE_bool('standard_protocol', True, 'Also report every row on a standard protocol '
+                  "independent of this project's probes: scikit-learn logistic regression (C=1) on "
+                  'standardised features with all labels and on each 1% label subset, and kNN-20 '
+                  'with cosine similarity and exp(sim / 0.1) votes (std_* columns).')
 flags.DEFINE_list('methods', list(CONFIGS), f'SSL methods to pretrain, of {list(CONFIGS)}.')
 flags.DEFINE_list('rows', list(ALL_ROWS), f'Row groups, of {list(ALL_ROWS)} (ssl = --methods).')
 flags.DEFINE_string('workdir', '/tmp/simclr_quality', 'Checkpoints, features, results.json.')
@@ -126,10 +134,24 @@ flags.DEFINE_list('l2_reg_grid', [], 'Weight decays the linear probes of every r
                   "config's fixed eval.l2_reg.")
 
 
+def _override(config, dotted: str) -> None:
+  name, _, value = dotted.partition('=')
+  node = config
+  *path, leaf = name.split('.')
+  for part in path:
+    node = node[part]
+  try:
+    node[leaf] = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    node[leaf] = value  # a bare string
+
+
 def _base_config(method: str = 'simclr'):
   # The supervised baseline: the SimCLR default's config with method 'supervised'.
   config = CONFIGS.get(method, fashion_mnist).get_config()
   config.method = method
+  for dotted in FLAGS.override:
+    _override(config, dotted)
   config.eval.pixel_baseline = False  # its own row
   config.seed = FLAGS.seed
   if FLAGS.l2_reg_grid:
@@ -214,6 +236,34 @@ def _frozen_feature_metrics(config, train_f, test_f, data) -> dict:
   out[f'knn{k}_top1'] = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=k,
                                          temperature=config.eval.knn_temperature,
                                          num_classes=num_classes)
+  if FLAGS.standard_protocol:
+    out.update(_standard_protocol(config, train_f, train_y, test_f, test_y, num_classes))
+  return out
+
+
+def _standard_protocol(config, train_f, train_y, test_f, test_y, num_classes) -> dict:
+  """scikit-learn's logistic regression (C=1, lbfgs) on standardised features (the scaler fitted
+  on the labelled examples) with all labels and on each 1 % subset (config.eval.label_subsets
+  class-balanced draws, their mean), and kNN-20 with cosine similarity and exp(sim / 0.1) votes."""
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  from sklearn import pipeline as sk_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
+
+  def fit_score(x, y):
+    model = sk_pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                      linear_model.LogisticRegression(C=1.0, max_iter=1000))
+    return float(model.fit(x, y).score(test_f, test_y))
+
+  train_f, test_f = np.asarray(train_f, np.float64), np.asarray(test_f, np.float64)
+  out = {'std_linear_100pct_top1': fit_score(train_f, train_y)}
+  for fraction in [f for f in _fractions() if f < 1]:
+    runs = [fit_score(train_f[idx], train_y[idx]) for idx in (
+        subsets.label_fraction_indices(train_y, fraction=fraction, seed=config.seed + i)
+        for i in range(config.eval.label_subsets))]
+    key = f'std_linear_{protocols.percent(fraction)}_top1'
+    out.update({key: float(np.mean(runs)), f'{key}_runs': runs})
+  out['std_knn20_top1'] = knn_lib.knn_eval(train_f, train_y, test_f, test_y, k=20,
+                                           temperature=0.1, num_classes=num_classes)
   return out
 
 
@@ -456,7 +506,7 @@ def main(argv):
       pretrain_minutes_budget=FLAGS.pretrain_minutes, budget='wall time (time_budget_minutes)',
       fractions=_fractions(),
       finetune_steps={protocols.percent(f): n for f, n in _finetune_steps(_base_config()).items()},
-      finetune_seeds=FLAGS.finetune_seeds,
+      finetune_seeds=FLAGS.finetune_seeds, overrides=FLAGS.override,
       eval_train_examples=data.train.num_examples, eval_test_examples=data.test.num_examples,
       load_average_start=load_start, cpu_count=os.cpu_count(), rows=rows)
   for name in _row_order():
@@ -473,6 +523,10 @@ def main(argv):
   margins = quality_tables.margin_table(rows, _fractions())
   if margins:
     print('\nMargins by label fraction (points):\n' + margins)
+  standard = quality_tables.standard_table(rows, _fractions())
+  if standard:
+    print('\nStandard protocol (scikit-learn logistic regression C=1, kNN-20 cosine, T=0.1), %:\n'
+          + standard)
   print(json.dumps(result))
 
 

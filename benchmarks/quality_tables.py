@@ -66,3 +66,21 @@ def margin_table(rows: dict, fractions: list[float]) -> str:
                    f'{fmt(r[lin])} | {fmt(r.get(ft))} | {d_lin:+.2f} | '
                    f'{fmt(d_ft, "+.2f")} |')
   return '\n'.join(lines) if len(lines) > 2 else ''
+
+
+def standard_table(rows: dict, fractions: list[float]) -> str:
+  """The rows on the standard protocol (scikit-learn logistic regression C=1 on standardised
+  features, kNN-20 cosine with exp(sim / 0.1) votes), in %; '' when no row has it."""
+  pct = protocols.percent
+  few = [f for f in fractions if f < 1]
+  header = (['method', 'linear 100 %'] + [f'linear {pct(f)[:-3]} % (mean of subsets)' for f in few]
+            + ['kNN-20'])
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for name, r in rows.items():
+    if 'std_linear_100pct_top1' not in r:
+      continue
+    cells = ([name, fmt(100 * r['std_linear_100pct_top1'], '.2f')]
+             + [fmt(100 * r[f'std_linear_{pct(f)}_top1'], '.2f') for f in few]
+             + [fmt(100 * r['std_knn20_top1'], '.2f')])
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) if len(lines) > 2 else ''

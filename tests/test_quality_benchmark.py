@@ -70,3 +70,13 @@ def test_finetune_steps_per_fraction(quality):
   assert quality.finetune_steps([0.01, 1.0], ['500', '2000'], 7) == {0.01: 500, 1.0: 2000}
   with pytest.raises(ValueError, match='--finetune_steps needs one positive value'):
     quality.finetune_steps([0.01, 0.1, 1.0], ['500', '2000'], 500)
+
+
+def test_standard_table_lists_the_rows_that_have_the_standard_protocol(quality):
+  rows = _rows()
+  rows['pixels'].update(std_linear_100pct_top1=0.844, std_linear_1pct_top1=0.7802,
+                        std_knn20_top1=0.8447)
+  lines = quality.standard_table(rows, [0.01]).splitlines()
+  assert lines[0] == '| method | linear 100 % | linear 1 % (mean of subsets) | kNN-20 |'
+  assert lines[2:] == ['| pixels | 84.40 | 78.02 | 84.47 |']  # only the row that has it
+  assert quality.standard_table(_rows(), [0.01]) == ''
