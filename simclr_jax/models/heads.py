@@ -156,7 +156,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
   Args:
     model_config: config.model: depth, width_multiplier, cifar_stem, dtype ('float32' |
       'bfloat16' | 'auto', see `compute_dtype`), bn_momentum, bn_epsilon, head_mode, head_num_layers, head_out_dim,
-      head_hidden_dim, conv_impl ('xla' | 'im2col' | 'shifted_matmul' | 'auto').
+      head_hidden_dim, conv_impl ('xla' | 'im2col' | 'auto').
     num_classes: classes of the online linear probe.
     image_size: side of the input views; picks the stem when model_config.cifar_stem is None.
     axis_name: mapped axis for cross-replica BN, or None.

@@ -162,10 +162,10 @@ class ResNet(nn.Module):
     axis_name: mapped axis over which BN averages batch statistics (cross-replica BN), or None.
     bn_momentum: decay of the BN running statistics.
     bn_epsilon: BN variance epsilon.
-    conv_impl: 'xla' (nn.Conv, the default; right for TPU/GPU), or 'im2col' / 'shifted_matmul':
-      convolutions (and the stem's max-pool gradient) as matmuls / strided views, for CPUs where
-      XLA's convolution is slow; 'auto': im2col on the CPU backend, xla elsewhere. Same
-      parameters.
+    conv_impl: 'xla' (nn.Conv, the default; right for TPU/GPU), 'im2col' (convolutions as one
+      matmul each and the stem's max-pool gradient over strided views, for CPUs where XLA's
+      convolution is slow) or 'auto' (xla off the CPU; on the CPU per layer, conv.cpu_impl).
+      Same parameters.
   """
   depth: int
   width_multiplier: float = 1.0
