@@ -123,7 +123,7 @@ flags.DEFINE_list('fractions', ['0.01'], 'Label fractions of the few-label colum
 flags.DEFINE_list('finetune_steps', [], 'Fine-tuning steps: one value for every fraction or one '
                   'per --fractions entry; empty: config.eval.finetune_steps.')
 flags.DEFINE_integer('finetune_seeds', 3, 'Fine-tune runs per row (seeds 0..n-1); the column '
-                     'is their mean.')
+                     'is their mean; 0: no fine-tuning columns.')
 flags.DEFINE_integer('seed', 0, 'config.seed of every row (pretraining, batch order, '
                      'augmentation, lightly\'s seed, the first 1% label subset): another value '
                      'replicates the whole table.')
@@ -280,6 +280,8 @@ def _finetune_metrics(config, encoder: Encoder, data, workdir: str) -> dict:
   """Fine-tuning at each --fractions: the mean of --finetune_seeds runs of the `finetune`
   protocol (config.seed = 0, 1, ...), each in a workdir of its own."""
   out = {'finetune_learning_rate': config.eval.finetune_learning_rate}
+  if FLAGS.finetune_seeds < 1:
+    return out  # no fine-tuning columns
   for fraction, steps in _finetune_steps(config).items():
     key = f'finetune_{protocols.percent(fraction)}_top1'
     runs = []

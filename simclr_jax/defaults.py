@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.depth = 50
   c.model.width_multiplier = 1.0
   c.model.cifar_stem = ml_collections.FieldReference(None, field_type=bool)  # None: H <= 32
+  c.model.stem_max_pool = True  # False: the ImageNet stem without its max-pool (stage 1 at H / 2)
   # Compute dtype: float32 | bfloat16 | auto (bfloat16 on TPU/GPU, float32 on CPU). Parameters,
   # optimizer state, BN statistics and the losses (NT-Xent / MoCo softmax, Barlow Twins
   # correlation) stay float32.

@@ -66,15 +66,17 @@ def test_tiny_width_keeps_at_least_one_channel():
   assert h.shape == (2, 1)
 
 
-@pytest.mark.parametrize('side, cifar_stem, expected_kernel, expected_stage1_side', [
-    (32, None, 3, 32),  # Auto: CIFAR stem at <= 32.
-    (28, None, 3, 28),
-    (64, None, 7, 16),  # Auto: ImageNet stem (conv /2, max-pool /2).
-    (32, False, 7, 8),
-    (64, True, 3, 64),
+@pytest.mark.parametrize('side, cifar_stem, pool, expected_kernel, expected_stage1_side', [
+    (32, None, True, 3, 32),  # Auto: CIFAR stem at <= 32.
+    (28, None, True, 3, 28),
+    (64, None, True, 7, 16),  # Auto: ImageNet stem (conv /2, max-pool /2).
+    (32, False, True, 7, 8),
+    (28, False, False, 7, 14),  # ImageNet stem without its max-pool: conv /2 only.
+    (64, True, False, 3, 64),  # stem_max_pool does not touch the CIFAR stem.
+    (64, True, True, 3, 64),
 ])
-def test_stem_selection(side, cifar_stem, expected_kernel, expected_stage1_side):
-  model = ResNet(18, width_multiplier=TINY_WIDTH, cifar_stem=cifar_stem)
+def test_stem_selection(side, cifar_stem, pool, expected_kernel, expected_stage1_side):
+  model = ResNet(18, width_multiplier=TINY_WIDTH, cifar_stem=cifar_stem, stem_max_pool=pool)
   _, variables = _init_shapes(model, (1, side, side, 1))
   assert variables['params']['stem_conv']['kernel'].shape[:2] == (expected_kernel,) * 2
   _, state = jax.eval_shape(

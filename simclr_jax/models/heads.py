@@ -173,6 +173,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
       depth=model_config.depth,
       width_multiplier=model_config.width_multiplier,
       cifar_stem=cifar_stem,
+      stem_max_pool=model_config.get('stem_max_pool', True),
       dtype=dtype,
       axis_name=axis_name,
       bn_momentum=model_config.bn_momentum,

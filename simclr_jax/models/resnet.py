@@ -158,6 +158,8 @@ class ResNet(nn.Module):
     width_multiplier: channel multiplier (> 0), e.g. 0.25, 1, 2, 4; channels int(64 * w) etc.
     cifar_stem: True: 3x3 stride-1 conv, no max-pool. False: 7x7 stride-2 conv and a 3x3
       stride-2 max-pool. None: CIFAR stem when the input side is <= 32.
+    stem_max_pool: False drops the ImageNet stem's max-pool (stage 1 at half the input side
+      instead of a quarter: 14 px for 28 px images); no effect on the CIFAR stem. No parameters.
     dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters are always float32.
     axis_name: mapped axis over which BN averages batch statistics (cross-replica BN), or None.
     bn_momentum: decay of the BN running statistics.
@@ -170,6 +172,7 @@ class ResNet(nn.Module):
   depth: int
   width_multiplier: float = 1.0
   cifar_stem: Optional[bool] = None
+  stem_max_pool: bool = True
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
   bn_momentum: float = 0.9
@@ -241,8 +244,9 @@ class ResNet(nn.Module):
     else:
       y = _conv(width(64), 7, 2, self.dtype, 'stem_conv', self.conv_impl)(y)
       y = nn.relu(norm_for(0)(name='stem_bn')(y))
-      y = conv_lib.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                            impl=self.conv_impl)
+      if self.stem_max_pool:
+        y = conv_lib.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                              impl=self.conv_impl)
     y = maybe_freeze(y, 0)
 
     kind, stage_sizes = STAGE_SIZES[self.depth]
