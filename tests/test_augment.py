@@ -6,7 +6,9 @@ import tensorflow as tf
 
 from simclr_jax import defaults
 from simclr_jax.data import augment
+from simclr_jax.data import crops
 from simclr_jax.data import sources
+from simclr_jax.data import stateless
 
 NUM_DRAWS = 1000
 # Binomial rates over NUM_DRAWS draws: sd <= 0.016, so +-0.06 is ~4 sd.
@@ -29,7 +31,7 @@ def rgb_image():
 
 def _many(fn, num=NUM_DRAWS, seed=(7, 11)):
   """fn(seed) for `num` seeds fold_in(seed, i), evaluated in one tf.data pass."""
-  ds = tf.data.Dataset.range(num).map(lambda i: fn(augment.fold_in(seed, i))).batch(num)
+  ds = tf.data.Dataset.range(num).map(lambda i: fn(stateless.fold_in(seed, i))).batch(num)
   return tf.nest.map_structure(lambda t: t.numpy(), next(iter(ds)))
 
 
@@ -109,7 +111,7 @@ def test_brightness_contrast_jitter_matches_float64_reference(image_name, chroma
 
 def test_crop_window_area_and_aspect():
   height, width = 224, 224
-  windows = _many(lambda s: augment.crop_window((height, width), s))
+  windows = _many(lambda s: crops.crop_window((height, width), s))
   off_y, off_x, h, w = windows.T
   assert (off_y >= 0).all() and (off_x >= 0).all()
   assert (off_y + h <= height).all() and (off_x + w <= width).all()
@@ -127,16 +129,16 @@ def test_crop_window_area_and_aspect():
 def test_crop_window_fallback_is_centred():
   # A 10x100 strip fits no candidate with area >= 90% and aspect <= 4/3: the fallback is the
   # centred crop with the widest allowed aspect, 10 x 13.
-  window = augment.crop_window((10, 100), [1, 2], area_range=(0.9, 1.0)).numpy()
+  window = crops.crop_window((10, 100), [1, 2], area_range=(0.9, 1.0)).numpy()
   np.testing.assert_array_equal(window, [0, (100 - 13) // 2, 10, 13])
 
 
 def test_random_resized_crop_uses_its_window(rgb_image):
   seed = tf.constant([3, 4])
-  window = augment.crop_window((28, 28), seed).numpy()
-  expected = augment.resize(rgb_image[window[0]:window[0] + window[2],
+  window = crops.crop_window((28, 28), seed).numpy()
+  expected = crops.resize(rgb_image[window[0]:window[0] + window[2],
                                       window[1]:window[1] + window[3]], 20)
-  np.testing.assert_array_equal(augment.random_resized_crop(rgb_image, seed, 20), expected)
+  np.testing.assert_array_equal(crops.random_resized_crop(rgb_image, seed, 20), expected)
 
 
 def test_blur_params_and_rate(grey_image):
@@ -230,7 +232,7 @@ def test_ops_view2_applies_to_one_branch(grey_image):
   seed = tf.constant([4, 2])
   views = augment.two_views(grey_image, seed, config, 28).numpy()
   np.testing.assert_array_equal(
-      views[0], augment.random_flip(grey_image, augment.fold_in(augment.fold_in(seed, 0), 0)))
+      views[0], augment.random_flip(grey_image, stateless.fold_in(stateless.fold_in(seed, 0), 0)))
   np.testing.assert_array_equal(views[1], augment.sobel(grey_image))
 
 

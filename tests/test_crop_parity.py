@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_jax.data import augment
+from simclr_jax.data import crops
 from simclr_jax.data import device_augment
 
 OFFICIAL = {  # side: (mean, min, q25, median, q75, q90)
@@ -36,7 +36,7 @@ def _stats(windows: np.ndarray, side: int) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _tf_windows(side: int) -> np.ndarray:
   seeds = tf.cast(tf.stack([tf.fill([DRAWS_TF], 0), tf.range(DRAWS_TF)], axis=1), tf.int64)
-  return tf.map_fn(lambda s: augment.bounding_box_crop_window((side, side), s), seeds,
+  return tf.map_fn(lambda s: crops.bounding_box_crop_window((side, side), s), seeds,
                    fn_output_signature=tf.int32).numpy()
 
 
@@ -63,7 +63,7 @@ def test_device_path_draws_what_tensorflow_draws(side):
   area-uniform sampler's, whose median is ~0.48)."""
   tf_stats, jax_stats = _stats(_tf_windows(side), side), _stats(_jax_windows(side), side)
   np.testing.assert_allclose(jax_stats, tf_stats, atol=0.02)
-  inception = np.array([augment.crop_window((side, side), [0, i]).numpy() for i in range(500)])
+  inception = np.array([crops.crop_window((side, side), [0, i]).numpy() for i in range(500)])
   assert _stats(inception, side)[3] > tf_stats[3] + 0.05
 
 

@@ -13,9 +13,11 @@ import tensorflow as tf
 
 from simclr_jax import defaults
 from simclr_jax.data import augment
+from simclr_jax.data import crops
 from simclr_jax.data import device_augment
 from simclr_jax.data import pipeline
 from simclr_jax.data import sources
+from simclr_jax.data import stateless
 from tests import test_pipeline
 
 NUM_DRAWS = 4000
@@ -48,13 +50,13 @@ def _tf_params(seed, ops, config, image_hw):
   """What `augment.augment(image, seed, ops, ...)` samples, in `apply_view`'s layout."""
   out = []
   for i, name in enumerate(ops):
-    s = augment.fold_in(seed, i)
+    s = stateless.fold_in(seed, i)
     if name == 'crop':
-      out.append(augment.crop_window(image_hw, s, augment.crop_area_range(config)))
+      out.append(crops.crop_window(image_hw, s, augment.crop_area_range(config)))
     elif name == 'flip':
-      out.append(augment.bernoulli(s, augment.FLIP_P))
+      out.append(stateless.bernoulli(s, augment.FLIP_P))
     elif name == 'grayscale':
-      out.append(augment.bernoulli(s, augment.GRAYSCALE_P))
+      out.append(stateless.bernoulli(s, augment.GRAYSCALE_P))
     else:
       p = augment.color_jitter_params(s, float(config.color_strength))
       position = tf.argsort(p['order'])  # position[k]: when op k runs
@@ -71,7 +73,7 @@ def _tf_params(seed, ops, config, image_hw):
 def test_view_equals_tf_data_given_its_parameters(ops, rgb, grey_images, rgb_images):
   images = rgb_images if rgb else grey_images
   config = _augment_config(ops=ops, crop_area_min=0.08, color_strength=1.0)
-  seeds = [augment.fold_in((3, 1), i) for i in range(len(images))]
+  seeds = [stateless.fold_in((3, 1), i) for i in range(len(images))]
   host = np.stack([augment.augment(x, s, ops, config, 28).numpy()
                    for x, s in zip(images, seeds)])
   params = [np.stack(p) for p in zip(*[
@@ -105,7 +107,7 @@ def test_sampler_distributions_equal_tf_data(image_hw):
   ops = ('crop', 'flip', 'brightness_contrast', 'grayscale')
   config = _augment_config(ops=ops, crop_area_min=0.08, color_strength=0.5)
   ds = tf.data.Dataset.range(NUM_DRAWS).map(
-      lambda i: _tf_params(augment.fold_in((7, 11), i), ops, config, image_hw))
+      lambda i: _tf_params(stateless.fold_in((7, 11), i), ops, config, image_hw))
   tf_draws = [t.numpy() for t in next(iter(ds.batch(NUM_DRAWS)))]
   keys = jax.random.split(jax.random.key(5), NUM_DRAWS)
   jax_draws = [np.asarray(x) for x in jax.vmap(

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax.data import augment
+from simclr_jax.data import crops
 
 SUPPORTED = ('crop', 'flip', 'brightness_contrast', 'color_jitter', 'grayscale')
 
@@ -65,22 +66,22 @@ def check_ops(view_ops: Sequence[Sequence[str]], channels: int) -> None:
 
 def crop_window(key: jax.Array, image_hw: tuple[int, int],
                 area_range: Sequence[float]) -> jax.Array:
-  """int32 [4] (offset_y, offset_x, h, w): `augment.crop_window`'s distribution."""
+  """int32 [4] (offset_y, offset_x, h, w): `crops.crop_window`'s distribution."""
   height, width = (float(v) for v in image_hw)
-  tries = augment.CROP_MAX_TRIES
+  tries = crops.CROP_MAX_TRIES
   k_area, k_ratio, k_offset = jax.random.split(key, 3)
   area = height * width * jax.random.uniform(k_area, (tries,), minval=area_range[0],
                                              maxval=area_range[1])
-  low, high = (math.log(r) for r in augment.ASPECT_RANGE)
+  low, high = (math.log(r) for r in crops.ASPECT_RANGE)
   ratio = jnp.exp(jax.random.uniform(k_ratio, (tries,), minval=low, maxval=high))
   crop_w = jnp.round(jnp.sqrt(area * ratio))
   crop_h = jnp.round(jnp.sqrt(area / ratio))
   fits = (crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) & (crop_h <= height)
   first = jnp.argmax(fits)
-  # Fallback, as augment.crop_window: the largest centred crop with the aspect in range.
+  # Fallback, as crops.crop_window: the largest centred crop with the aspect in range.
   in_ratio = width / height
-  fb_w = round(height * augment.ASPECT_RANGE[1]) if in_ratio > augment.ASPECT_RANGE[1] else width
-  fb_h = round(width / augment.ASPECT_RANGE[0]) if in_ratio < augment.ASPECT_RANGE[0] else height
+  fb_w = round(height * crops.ASPECT_RANGE[1]) if in_ratio > crops.ASPECT_RANGE[1] else width
+  fb_h = round(width / crops.ASPECT_RANGE[0]) if in_ratio < crops.ASPECT_RANGE[0] else height
   any_fits = jnp.any(fits)
   h = jnp.where(any_fits, crop_h[first], fb_h)
   w = jnp.where(any_fits, crop_w[first], fb_w)
@@ -93,7 +94,7 @@ def crop_window(key: jax.Array, image_hw: tuple[int, int],
 def bounding_box_crop_window(key: jax.Array, image_hw: tuple[int, int],
                              area_range: Sequence[float]) -> jax.Array:
   """int32 [4] (offset_y, offset_x, h, w): the distribution of
-  `augment.bounding_box_crop_window` (TF's sample_distorted_bounding_box as the official SimCLR
+  `crops.bounding_box_crop_window` (TF's sample_distorted_bounding_box as the official SimCLR
   code calls it), its 100 attempts drawn at once and the first that passes taken.
 
   Per attempt, as TF's `GenerateRandomCrop`: aspect a ~ U(3/4, 4/3); the crop height h uniform
@@ -104,9 +105,9 @@ def bounding_box_crop_window(key: jax.Array, image_hw: tuple[int, int],
   [0, H - h) and [0, W - w) (0 when the side is full). No attempt passing: the whole image.
   """
   height, width = (int(v) for v in image_hw)
-  attempts = augment.BBOX_MAX_ATTEMPTS
+  attempts = crops.BBOX_MAX_ATTEMPTS
   k_ratio, k_height, k_offset = jax.random.split(key, 3)
-  low, high = augment.ASPECT_RANGE
+  low, high = crops.ASPECT_RANGE
   ratio = jax.random.uniform(k_ratio, (attempts,), minval=low, maxval=high)
   min_area = jnp.float32(area_range[0] * height * width)
   max_area = jnp.float32(area_range[1] * height * width)
@@ -127,7 +128,7 @@ def bounding_box_crop_window(key: jax.Array, image_hw: tuple[int, int],
   w = jnp.rint(h * ratio)
   area = w * h
   ok = ((area >= min_area) & (area <= max_area) & (w <= width) & (h <= height) & (w > 0)
-        & (h > 0) & (area >= augment.BBOX_MIN_OBJECT_COVERED * height * width))
+        & (h > 0) & (area >= crops.BBOX_MIN_OBJECT_COVERED * height * width))
   first = jnp.argmax(ok)
   any_ok = jnp.any(ok)
   h = jnp.where(any_ok, h[first], height)

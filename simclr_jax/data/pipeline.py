@@ -33,6 +33,7 @@ import tensorflow as tf
 from simclr_jax.data import augment
 from simclr_jax.data import device_augment as device_augment_lib
 from simclr_jax.data import sources
+from simclr_jax.data import stateless
 
 # Salts that keep the permutation and augmentation streams of one seed independent.
 _PERMUTATION_SALT = 0
@@ -90,7 +91,7 @@ def _seed_pair(seed: int, salt: int) -> tf.Tensor:
 
 def _example_seed(seed: int, step, position) -> tf.Tensor:
   """Augmentation seed [2] of one example, from (seed, step, global position in the batch)."""
-  return augment.fold_in(augment.fold_in(_seed_pair(seed, _AUGMENT_SALT), step), position)
+  return stateless.fold_in(stateless.fold_in(_seed_pair(seed, _AUGMENT_SALT), step), position)
 
 
 def _in_memory_dataset(source: sources.Source, augment_config, *, image_size: int,
@@ -108,7 +109,7 @@ def _in_memory_dataset(source: sources.Source, augment_config, *, image_size: in
     epoch = step // spe
     positions = (step % spe) * host_batch + tf.range(host_batch, dtype=tf.int64)
     index = tf.random.experimental.index_shuffle(
-        positions, augment.fold_in(permutation_seed, epoch), n_host - 1)
+        positions, stateless.fold_in(permutation_seed, epoch), n_host - 1)
     return {'step': tf.fill([host_batch], step),
             'position': tf.range(host_batch, dtype=tf.int64) + process_index * host_batch,
             'index': index}
