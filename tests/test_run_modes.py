@@ -53,6 +53,20 @@ def test_eval_all_writes_every_protocol(pretrained):
   assert results['linear_10pct_l2_regs'] == [config.eval.l2_reg] * config.eval.label_subsets
 
 
+def test_evaluate_mode_runs_the_paper_linear_protocol(pretrained):
+  """`linear_sgd` (the paper's SGD protocol, data-parallel on the shared loop) by name."""
+  config, workdir = pretrained
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval.protocols = ('linear_sgd',)
+    config.eval.linear_epochs = 4
+    config.eval.linear_batch_size = 64
+  results = run.train_and_evaluate(config, workdir, mode='evaluate')
+  # 4 epochs of 600 images at 64 a step; its accuracy is tested in tests/test_eval_linear.py.
+  assert results['linear_sgd_steps'] == 38 and results['linear_sgd_protocol'] == 'sgd'
+  assert 0 <= results['linear_sgd_top1'] <= results['linear_sgd_top5'] <= 1
+
+
 def test_random_init_results_live_beside_pretrained(pretrained):
   config, workdir = pretrained
   config = config.copy_and_resolve_references()

@@ -36,7 +36,7 @@ from simclr_jax.evaluation import features as features_lib
 from simclr_jax.evaluation import finetune as finetune_lib
 from simclr_jax.evaluation import knn as knn_lib
 from simclr_jax.evaluation import linear as linear_lib
-from simclr_jax.evaluation import linear_sgd
+from simclr_jax.evaluation import linear_sgd as linear_sgd_lib
 from simclr_jax.evaluation import plots
 from simclr_jax.evaluation import subsets
 from simclr_jax.evaluation.encoder import Encoder
@@ -93,7 +93,7 @@ def linear_sgd(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> di
 def _linear_sgd(config, workdir, encoder: Encoder, data: data_lib.EvalData, *, key: str) -> dict:
   t0 = time.time()
   p = prefix(config)
-  res = linear_sgd.linear_eval_official(
+  res = linear_sgd_lib.linear_eval_official(
       encoder.model, encoder.variables, data.train, data.test, num_classes=data.num_classes,
       epochs=config.eval.linear_epochs, batch_size=config.eval.linear_batch_size,
       learning_rate=(config.eval.linear_learning_rate if config.eval.linear_learning_rate > 0
