@@ -55,7 +55,6 @@ encoder fine-tuned alike (the issue's "largest margin at 1% labels").
 Prints the markdown tables and one JSON line (all figures, the step counts and the load average).
 """
 
-import ast
 import datetime
 import json
 import os
@@ -81,6 +80,7 @@ from configs import fashion_mnist
 from configs import moco_fashion_mnist
 import quality_tables
 from simclr_jax import config_validation
+from simclr_jax import defaults
 from simclr_jax import optim
 from simclr_jax import train
 from simclr_jax import xla_setup
@@ -134,24 +134,12 @@ flags.DEFINE_list('l2_reg_grid', [], 'Weight decays the linear probes of every r
                   "config's fixed eval.l2_reg.")
 
 
-def _override(config, dotted: str) -> None:
-  name, _, value = dotted.partition('=')
-  node = config
-  *path, leaf = name.split('.')
-  for part in path:
-    node = node[part]
-  try:
-    node[leaf] = ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    node[leaf] = value  # a bare string
-
-
 def _base_config(method: str = 'simclr'):
   # The supervised baseline: the SimCLR default's config with method 'supervised'.
   config = CONFIGS.get(method, fashion_mnist).get_config()
   config.method = method
   for dotted in FLAGS.override:
-    _override(config, dotted)
+    defaults.override(config, dotted)
   config.eval.pixel_baseline = False  # its own row
   config.seed = FLAGS.seed
   if FLAGS.l2_reg_grid:

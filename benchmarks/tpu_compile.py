@@ -41,6 +41,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from configs import barlow_twins_imagenet  # pylint: disable=wrong-import-position
 from configs import imagenet  # pylint: disable=wrong-import-position
 from configs import moco_v2_imagenet  # pylint: disable=wrong-import-position
+from simclr_jax import defaults  # pylint: disable=wrong-import-position
 from simclr_jax import parallel  # pylint: disable=wrong-import-position
 from simclr_jax import train  # pylint: disable=wrong-import-position
 from simclr_jax import train_step as train_step_lib  # pylint: disable=wrong-import-position
@@ -76,20 +77,11 @@ def topology_devices(name: str):
   return chip, topologies.get_topology_desc(libtpu_name, 'tpu', **kwargs).devices
 
 
-def _set(config, dotted: str, value: str):
-  node = config
-  *parents, leaf = dotted.split('.')
-  for part in parents:
-    node = node[part]
-  node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
-
-
 def method_config(method: str, dtype: str, overrides=()):
   config = CONFIGS[method].get_config()
   config.model.dtype = dtype
   for item in overrides:
-    key, value = item.split('=', 1)
-    _set(config, key, value)
+    defaults.override(config, item)
   return config
 
 

@@ -6,6 +6,7 @@ configs/cifar10.py, configs/imagenet.py, ...): each defines `get_config()` start
 from any working directory once the package is installed.
 """
 
+import ast
 import importlib.util
 import os
 import types
@@ -27,6 +28,20 @@ def config_file(anchor: str, name: str) -> types.ModuleType:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def override(config: ml_collections.ConfigDict, assignment: str) -> None:
+  """Sets `config.<a.b.c>` from 'a.b.c=value' (a benchmark's --override flag); the value is a
+  Python literal (0.25, False, (0.01,), 'sgd') or else a bare string."""
+  name, _, value = assignment.partition('=')
+  node = config
+  *path, leaf = name.split('.')
+  for part in path:
+    node = node[part]
+  try:
+    node[leaf] = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    node[leaf] = value
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -38,3 +38,13 @@ def test_unknown_field_in_a_config_file_is_named():
     c.optimizer.lerning_rate = 0.1
   with pytest.raises(config_validation.ConfigError, match='optimizer.lerning_rate'):
     config_validation.validate(c)
+
+
+def test_override_sets_python_literals_and_bare_strings():
+  from simclr_jax import defaults  # pylint: disable=g-import-not-at-top
+  config = defaults.get_config()
+  for assignment in ('model.width_multiplier=0.25', 'model.stem_max_pool=False',
+                     'optimizer.name=sgd', 'eval.label_fractions=(0.01,)'):
+    defaults.override(config, assignment)
+  assert config.model.width_multiplier == 0.25 and config.model.stem_max_pool is False
+  assert config.optimizer.name == 'sgd' and tuple(config.eval.label_fractions) == (0.01,)
