@@ -42,6 +42,12 @@ def get_config():
   c.augment.blur = True
   c.model.depth = 50
   c.model.width_multiplier = 1.0
+  # The official ResNet's layout (docs/parity.md): TensorFlow's SAME max-pool in the stem, a
+  # projection shortcut in every stage's first block. Converted official checkpoints
+  # (simclr_jax/convert.py) have the same architecture. SimCLRv2: --config.model.sk_ratio=0.0625
+  # --config.model.head_num_layers=3.
+  c.model.stage_projection = 'always'
+  c.model.max_pool_padding = 'same'
   c.model.head_mode = 'nonlinear'
   c.model.head_num_layers = 2
   c.model.head_out_dim = 128

@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.eval_split = 'test'
   c.dataset.download = True  # let TFDS download when no local copy is found
   c.dataset.strict = False  # image_folder: stop on an unreadable file instead of skipping it
+  # True: grayscale in-memory images (Fashion-MNIST, MNIST, digits) as three equal channels,
+  # for RGB models such as an imported official checkpoint (simclr_jax/convert.py).
+  c.dataset.rgb = False
   c.dataset.max_train_examples = -1  # > 0: use only the first n training images (tests, studies)
   # Streamed datasets (ImageNet) are read in this many fixed shards of the split; a global batch
   # takes batch_size / stream_shards records of each, and each process reads its block of
@@ -104,6 +107,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.width_multiplier = 1.0
   c.model.cifar_stem = ml_collections.FieldReference(None, field_type=bool)  # None: H <= 32
   c.model.stem_max_pool = True  # False: the ImageNet stem without its max-pool (stage 1 at H / 2)
+  # SimCLRv2's selective-kernel ResNets: 0.0625 in the released models (ResNet-D stem and
+  # shortcuts; selective-kernel 3x3 convs in bottleneck blocks). 0: plain ResNet.
+  c.model.sk_ratio = 0.0
+  # 'always': a projection shortcut in the first block of every stage, as the official code
+  # (ResNet-18/34 gain a 1x1 conv in stage 1); 'needed': only where the shape changes.
+  c.model.stage_projection = 'needed'
+  # 'same': TensorFlow's SAME max-pool in the ImageNet stem, as the official code; 'symmetric':
+  # one pixel on each side, as torchvision (docs/parity.md).
+  c.model.max_pool_padding = 'symmetric'
   # Compute dtype: float32 | bfloat16 | auto (bfloat16 on TPU/GPU, float32 on CPU). Parameters,
   # optimizer state, BN statistics and the losses (NT-Xent / MoCo softmax, Barlow Twins
   # correlation) stay float32.
@@ -114,6 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.head_num_layers = 2  # 2: SimCLR, 3: SimCLRv2
   c.model.head_out_dim = 128
   c.model.head_hidden_dim = -1  # width of the hidden head layers; -1: the input width (h's)
+  # What the online linear probe reads: 0 = h, i = projection layer i (an imported SimCLRv2
+  # fine-tuned model's classifier reads layer 1; simclr_jax/convert.py).
+  c.model.probe_input = 0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'nt_xent'
@@ -159,7 +174,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.transfer_dataset = ''  # name of the target dataset for --mode=transfer
   c.eval.pixel_baseline = True  # logistic regression on raw pixels, reported beside linear eval
   # What --mode=pretrain_then_eval (and --mode=evaluate) run, in order: linear | linear_sgd | knn
-  # | finetune | label_fraction_linear | embed_plot | transfer (simclr_jax/evaluation/protocols.py).
+  # | finetune | label_fraction_linear | embed_plot | transfer | probe | distill
+  # (simclr_jax/evaluation/protocols.py).
   # 'linear' is the exact L-BFGS probe for in-memory data and the paper's SGD protocol for
   # streamed data.
   c.eval.protocols = ('linear',)
@@ -193,4 +209,16 @@ def get_config() -> ml_collections.ConfigDict:
   # the CPU per layer, conv.cpu_impl: native for stride-1 convs that fit the map and have >= 8
   # input channels, im2col for the others). Same parameters and math in all three.
   c.model.conv_impl = 'auto'
+
+  # SimCLRv2's distillation (--mode=distill, evaluation/protocols.py): per fine-tuning fraction,
+  # a student learns the fine-tuned teacher's predictions on every training image.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.temperature = 1.0  # the paper's
+  c.distill.label_weight = 0.0  # alpha: weight of the labelled loss (0: distillation alone)
+  c.distill.epochs = 10.0  # over all training images
+  c.distill.batch_size = 256
+  c.distill.learning_rate = 0.1  # peak; Nesterov momentum SGD, cosine decay (as fine-tuning)
+  c.distill.student_init = 'random'  # random | teacher (self-distillation from its weights)
+  c.distill.student_depth = -1  # -1: the teacher's (self-distillation); e.g. 18 (big-to-small)
+  c.distill.student_width_multiplier = -1.0  # -1: the teacher's
   return c

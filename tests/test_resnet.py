@@ -42,6 +42,63 @@ def test_param_count_matches_standard_resnet_without_classifier(depth, expected)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables['params']))
 
 
+# Trainable / all variables of the official TF2 model's `resnet_model` (google-research/simclr
+# tf2/resnet.py, counted by building it under TF 2.21 + tf_keras with FLAGS.resnet_depth,
+# width_multiplier and sk_ratio set, on a 64x64 input). Its layout: a projection shortcut in the
+# first block of every stage, ResNet-D stem and shortcuts whenever sk_ratio > 0.
+OFFICIAL_COUNTS = [
+    (18, 1, 0.0, 11_180_736, 11_190_464),
+    (18, 1, 0.0625, 11_199_968, 11_209_824),
+    (50, 1, 0.0, 23_508_032, 23_561_152),
+    (50, 1, 0.0625, 35_215_584, 35_277_408),
+    (50, 2, 0.0625, 140_306_048, 140_428_864),
+    (101, 1, 0.0625, 64_662_304, 64_786_144),
+    (152, 3, 0.0625, 794_704_160, 795_235_360),  # SimCLRv2's largest released model
+]
+
+
+@pytest.mark.parametrize('depth, width, sk_ratio, trainable, total', OFFICIAL_COUNTS)
+def test_param_counts_equal_the_official_models(depth, width, sk_ratio, trainable, total):
+  model = ResNet(depth, width_multiplier=width, sk_ratio=sk_ratio, cifar_stem=False,
+                 stage_projection='always', max_pool_padding='same')
+  _, variables = _init_shapes(model, (1, 64, 64, 3))
+  assert _num_params(variables['params']) == trainable
+  assert _num_params(variables['params']) + _num_params(variables['batch_stats']) == total
+
+
+def test_selective_kernel_layout():
+  model = ResNet(50, sk_ratio=0.0625, cifar_stem=False)
+  _, variables = _init_shapes(model, (1, 64, 64, 3))
+  params = variables['params']
+  # ResNet-D stem: 3x3 convs to 32, 32, 64 channels.
+  assert [params[n]['kernel'].shape for n in ('stem_conv_a', 'stem_conv_b', 'stem_conv')] == [
+      (3, 3, 3, 32), (3, 3, 32, 32), (3, 3, 32, 64)]
+  block = params['stage4_block1']
+  assert 'conv2' not in block
+  assert block['conv2_sk']['conv']['kernel'].shape == (3, 3, 512, 1024)  # two streams
+  assert block['conv2_sk']['mix_dense_1']['kernel'].shape == (512, 32)  # max(512/16, 32)
+  assert block['conv2_sk']['mix_dense_2']['kernel'].shape == (32, 1024)
+  # The ResNet-D shortcut's 1x1 conv runs at stride 1 after the average pool.
+  assert block['proj_conv']['kernel'].shape == (1, 1, 1024, 2048)
+
+
+@pytest.mark.parametrize('side, expected', [(14, (0, 1)), (15, (1, 1)), (7, (1, 1)), (8, (0, 1))])
+def test_same_padding_puts_the_extra_pixel_last(side, expected):
+  assert resnet_lib.same_padding(side, 3, 2) == expected
+
+
+def test_same_max_pool_moves_the_windows():
+  """'same' and 'symmetric' give the same shapes and parameters but other features."""
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28, 3)), jnp.float32)
+  outs = []
+  for padding in resnet_lib.MAX_POOL_PADDINGS:
+    model = ResNet(18, width_multiplier=TINY_WIDTH, cifar_stem=False, max_pool_padding=padding)
+    variables = model.init(_init_key(), x, train=False)
+    outs.append(model.apply(variables, x, train=False))
+  assert outs[0].shape == outs[1].shape
+  assert not np.allclose(outs[0], outs[1])
+
+
 @pytest.mark.parametrize('depth', sorted(resnet_lib.STAGE_SIZES))
 def test_representation_width_every_depth(depth):
   h, _ = _init_shapes(ResNet(depth), (2, 16, 16, 1))
@@ -193,6 +250,9 @@ def test_fine_tune_after_block_freezes_early_blocks(tiny):
     (dict(depth=50, width_multiplier=-1.0), 'width_multiplier'),
     (dict(depth=50, width_multiplier=float('nan')), 'width_multiplier'),
     (dict(depth=50, dtype=jnp.float16), 'dtype'),
+    (dict(depth=50, sk_ratio=-0.1), 'sk_ratio'),
+    (dict(depth=50, stage_projection='first'), 'stage_projection'),
+    (dict(depth=50, max_pool_padding='valid'), 'max_pool_padding'),
 ])
 def test_bad_construction_raises(kwargs, message):
   with pytest.raises(ValueError, match=message):

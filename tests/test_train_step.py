@@ -135,6 +135,22 @@ def test_importing_the_step_does_not_load_tensorflow():
   assert out.stdout.strip() == 'False'
 
 
+def test_selective_kernel_net_eight_devices_equal_one_device():
+  """SimCLRv2's selective-kernel ResNet-50 in the official layout: its mixing layers' BN (on
+  pooled [B, C] features) averages over the global batch like every other BN."""
+  config = helpers.tiny_config(**{
+      'model.depth': 50, 'model.width_multiplier': 0.0625, 'model.sk_ratio': 0.0625,
+      'model.cifar_stem': False,
+      'model.stage_projection': 'always', 'model.max_pool_padding': 'same',
+      'model.head_num_layers': 3})
+  state1, hist1 = _run(1, steps=2, config=config)
+  state8, hist8 = _run(8, steps=2, config=config)
+  for m1, m8 in zip(hist1, hist8):
+    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  _assert_states_close(state8, state1, rtol=1e-4)
+  assert 'conv2_sk' in state1.params['encoder']['stage1_block1']
+
+
 def test_supervised_baseline_eight_devices_equal_one_device():
   """The supervised baseline runs in the same mapped step: its cross-entropy over the global batch
   and its BN statistics are the same on 8 devices as on 1."""

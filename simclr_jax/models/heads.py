@@ -110,10 +110,13 @@ class ContrastiveModel(nn.Module):
     encoder: the ResNet.
     head: the projection head.
     num_classes: classes of the online linear probe.
+    probe_input: what the probe reads, an index into head_outputs (0 = h; 1 = the first
+      projection layer, where the official SimCLRv2 fine-tuned models' classifier reads).
   """
   encoder: ResNet
   head: ProjectionHead
   num_classes: int
+  probe_input: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool,
@@ -132,8 +135,11 @@ class ContrastiveModel(nn.Module):
     h = self.encoder(x, train=train, fine_tune_after_block=fine_tune_after_block)
     head_outputs = self.head(h, train=train)
     # stop_gradient: the probe only measures h during pretraining, it must not shape it.
+    if not 0 <= self.probe_input < len(head_outputs):
+      raise ValueError(f'model.probe_input must be in 0..{len(head_outputs) - 1} (h and the '
+                       f'projection layers), got {self.probe_input!r}.')
     probe_logits = nn.Dense(self.num_classes, param_dtype=jnp.float32, name=PROBE_KEY)(
-        jax.lax.stop_gradient(h))
+        jax.lax.stop_gradient(head_outputs[self.probe_input]))
     return dict(h=h, z=head_outputs[-1], head_outputs=head_outputs, probe_logits=probe_logits)
 
 
@@ -154,7 +160,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
   """Builds the ContrastiveModel described by `config.model` (see simclr_jax/defaults.py).
 
   Args:
-    model_config: config.model: depth, width_multiplier, cifar_stem, dtype ('float32' |
+    model_config: config.model: depth, width_multiplier, cifar_stem, stem_max_pool, sk_ratio,
+      stage_projection, max_pool_padding, dtype ('float32' |
       'bfloat16' | 'auto', see `compute_dtype`), bn_momentum, bn_epsilon, head_mode, head_num_layers, head_out_dim,
       head_hidden_dim, conv_impl ('xla' | 'im2col' | 'auto').
     num_classes: classes of the online linear probe.
@@ -174,6 +181,10 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
       width_multiplier=model_config.width_multiplier,
       cifar_stem=cifar_stem,
       stem_max_pool=model_config.get('stem_max_pool', True),
+      # .get: configs saved before the fields existed still load.
+      sk_ratio=model_config.get('sk_ratio', 0.0),
+      stage_projection=model_config.get('stage_projection', 'needed'),
+      max_pool_padding=model_config.get('max_pool_padding', 'symmetric'),
       dtype=dtype,
       axis_name=axis_name,
       bn_momentum=model_config.bn_momentum,
@@ -190,4 +201,5 @@ def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int, im
       axis_name=axis_name,
       bn_momentum=model_config.bn_momentum,
       bn_epsilon=model_config.bn_epsilon)
-  return ContrastiveModel(encoder=encoder, head=head, num_classes=num_classes)
+  return ContrastiveModel(encoder=encoder, head=head, num_classes=num_classes,
+                          probe_input=model_config.get('probe_input', 0))

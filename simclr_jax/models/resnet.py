@@ -1,10 +1,18 @@
-"""ResNet v1.5 encoder f(.) for SimCLR, in Flax linen.
+"""ResNet v1.5 encoder f(.) for SimCLR, in Flax linen, with SimCLRv2's selective kernels.
 
 ResNet v1.5 puts the stride of a bottleneck block on its 3x3 convolution (not the first 1x1), as
 in torchvision and the official SimCLR code. The network ends at the global average pool: it
 returns the representation h, with no classifier. With the ImageNet stem on RGB input the
 parameter counts are the standard ones without the final fully connected layer (ResNet-50 1x:
 23,508,032; ResNet-18: 11,176,512).
+
+SimCLRv2's selective-kernel nets (`sk_ratio` > 0, the released models use 0.0625) follow the
+official code's definition: a ResNet-D stem (three 3x3 convs) and ResNet-D projection shortcuts
+(2x2 average pool, then a stride-1 1x1 conv) in every depth, and in bottleneck blocks the 3x3
+conv replaced by a selective-kernel conv (`SelectiveKernelConv`). `stage_projection='always'`
+and `max_pool_padding='same'` give the official code's two other layout choices (a projection
+shortcut in the first block of every stage; TensorFlow's SAME max-pool), so that its
+checkpoints load with equal outputs (simclr_jax/convert.py).
 """
 
 import functools
@@ -30,6 +38,10 @@ STAGE_SIZES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 # would throw away most of a 32x32 (or 28x28) image before the first block.
 CIFAR_STEM_MAX_SIDE = 32
 NUM_STAGES = 4
+STAGE_PROJECTIONS = ('needed', 'always')
+MAX_POOL_PADDINGS = ('symmetric', 'same')
+# Smallest width of a selective-kernel conv's mixing layer (the official `min_dim`).
+SK_MIN_DIM = 32
 
 # He initialisation (fan-out, as torchvision): the convolutions are followed by BN and ReLU.
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -77,16 +89,76 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
       name=name)
 
 
-def _add_shortcut(block: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
-  """relu(shortcut(x) + y); the shortcut is a strided 1x1 conv + BN where the shape changes.
+def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
+  """TensorFlow's SAME padding (lo, hi) of one spatial dimension: the extra pixel goes last."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + window - size, 0)
+  return total // 2, total - total // 2
 
-  Called from a block's compact __call__, so the submodules are the block's own
-  ('proj_conv', 'proj_bn').
+
+def _add_shortcut(block: nn.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+  """relu(shortcut(x) + y).
+
+  The shortcut is the identity unless the block projects: where the shape changes, or in every
+  first block of a stage with `block.projection`. A projection is a strided 1x1 conv + BN, or
+  with `block.resnet_d` (selective-kernel nets) a 2x2 average pool with the stride, then a
+  stride-1 1x1 conv + BN: the pool pads one zero row/column at the end and counts it when
+  strided (the official code's fixed padding), and averages only real pixels at stride 1
+  (TensorFlow's SAME). Called from a block's compact __call__, so the submodules are the
+  block's own ('proj_conv', 'proj_bn').
   """
-  if x.shape != y.shape:
-    x = _conv(y.shape[-1], 1, block.stride, block.dtype, 'proj_conv', block.conv_impl)(x)
+  if x.shape != y.shape or block.projection:
+    stride = block.stride
+    if block.resnet_d:
+      pad = ((0, 1), (0, 1))
+      if stride > 1:
+        x = nn.avg_pool(x, (2, 2), strides=(stride, stride), padding=pad, count_include_pad=True)
+      else:
+        x = nn.avg_pool(x, (2, 2), strides=(1, 1), padding=pad, count_include_pad=False)
+      stride = 1
+    x = _conv(y.shape[-1], 1, stride, block.dtype, 'proj_conv', block.conv_impl)(x)
     x = block.norm(name='proj_bn')(x)
   return nn.relu(x + y)
+
+
+class SelectiveKernelConv(nn.Module):
+  """SimCLRv2's selective-kernel conv (Li et al. 2019, as the official SimCLR code defines it).
+
+  One 3x3 conv to 2 * filters channels + BN + ReLU, read as two streams of `filters` channels
+  (first and second half); their sum's global mean goes through a Dense to
+  max(int(filters * sk_ratio), SK_MIN_DIM) + BN + ReLU and a Dense to 2 * filters, whose two
+  halves, softmaxed across the streams, weight each stream per channel. Parameters: `conv`,
+  `bn`, `mix_dense_1`, `mix_bn`, `mix_dense_2` (the Dense kernels are the official 1x1 convs').
+
+  Attributes:
+    filters: output channels.
+    stride: stride of the 3x3 conv.
+    sk_ratio: width of the mixing layer relative to `filters`.
+    norm: partially applied nn.BatchNorm.
+    dtype: compute dtype.
+    conv_impl: how convolutions are lowered (simclr_jax.models.conv.CONV_IMPLS).
+  """
+  filters: int
+  stride: int
+  sk_ratio: float
+  norm: Any
+  dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H / stride, W / stride, filters]."""
+    y = _conv(2 * self.filters, 3, self.stride, self.dtype, 'conv', self.conv_impl)(x)
+    y = nn.relu(self.norm(name='bn')(y))
+    streams = jnp.stack(jnp.split(y, 2, axis=-1))  # [2, B, H, W, filters]
+    pooled = jnp.mean(jnp.sum(streams, axis=0).astype(jnp.float32), axis=(1, 2))
+    mid = max(int(self.filters * self.sk_ratio), SK_MIN_DIM)
+    dense = functools.partial(nn.Dense, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
+                              param_dtype=jnp.float32)
+    m = nn.relu(self.norm(name='mix_bn')(dense(mid, name='mix_dense_1')(pooled)))
+    m = dense(2 * self.filters, name='mix_dense_2')(m)
+    weights = jax.nn.softmax(jnp.stack(jnp.split(m.astype(jnp.float32), 2, axis=-1)), axis=0)
+    return jnp.sum(streams * weights[:, :, None, None, :].astype(streams.dtype), axis=0)
 
 
 class BasicBlock(nn.Module):
@@ -98,12 +170,16 @@ class BasicBlock(nn.Module):
     norm: partially applied nn.BatchNorm (train/eval mode, momentum, axis_name already bound).
     dtype: compute dtype.
     conv_impl: how convolutions are lowered (simclr_jax.models.conv.CONV_IMPLS).
+    projection: project the shortcut even where the shape is unchanged (see _add_shortcut).
+    resnet_d: ResNet-D projection shortcut (selective-kernel nets).
   """
   filters: int
   stride: int
   norm: Any
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  projection: bool = False
+  resnet_d: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -127,12 +203,18 @@ class BottleneckBlock(nn.Module):
     norm: partially applied nn.BatchNorm.
     dtype: compute dtype.
     conv_impl: how convolutions are lowered (simclr_jax.models.conv.CONV_IMPLS).
+    projection: project the shortcut even where the shape is unchanged (see _add_shortcut).
+    resnet_d: ResNet-D projection shortcut (selective-kernel nets).
+    sk_ratio: > 0: the 3x3 conv is a SelectiveKernelConv (`conv2_sk`) with this ratio.
   """
   filters: int
   stride: int
   norm: Any
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  projection: bool = False
+  resnet_d: bool = False
+  sk_ratio: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -140,8 +222,12 @@ class BottleneckBlock(nn.Module):
     residual = x
     y = _conv(self.filters, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = _conv(self.filters, 3, self.stride, self.dtype, 'conv2', self.conv_impl)(y)
-    y = nn.relu(self.norm(name='bn2')(y))
+    if self.sk_ratio > 0:
+      y = SelectiveKernelConv(self.filters, self.stride, self.sk_ratio, self.norm, self.dtype,
+                              self.conv_impl, name='conv2_sk')(y)
+    else:
+      y = _conv(self.filters, 3, self.stride, self.dtype, 'conv2', self.conv_impl)(y)
+      y = nn.relu(self.norm(name='bn2')(y))
     y = _conv(4 * self.filters, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
     y = self.norm(name='bn3', scale_init=nn.initializers.zeros)(y)  # Identity at init.
     return _add_shortcut(self, residual, y)
@@ -160,6 +246,15 @@ class ResNet(nn.Module):
       stride-2 max-pool. None: CIFAR stem when the input side is <= 32.
     stem_max_pool: False drops the ImageNet stem's max-pool (stage 1 at half the input side
       instead of a quarter: 14 px for 28 px images); no effect on the CIFAR stem. No parameters.
+    sk_ratio: 0 (plain ResNet) or > 0: SimCLRv2's selective-kernel net (module docstring); the
+      ImageNet stem becomes three 3x3 convs (`stem_conv_a`, `stem_conv_b`, `stem_conv`, each
+      with its BN), the CIFAR stem is unchanged.
+    stage_projection: 'needed' (a projection shortcut only where the shape changes, as
+      torchvision) or 'always' (in the first block of every stage, as the official SimCLR code:
+      adds a 1x1 conv + BN to stage 1 of ResNet-18/34).
+    max_pool_padding: the ImageNet stem's max-pool pads 'symmetric' (1 on each side, as
+      torchvision) or 'same' (TensorFlow's SAME, as the official SimCLR code: on an even side 0
+      before and 1 after, which moves every window by one pixel).
     dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters are always float32.
     axis_name: mapped axis over which BN averages batch statistics (cross-replica BN), or None.
     bn_momentum: decay of the BN running statistics.
@@ -173,6 +268,9 @@ class ResNet(nn.Module):
   width_multiplier: float = 1.0
   cifar_stem: Optional[bool] = None
   stem_max_pool: bool = True
+  sk_ratio: float = 0.0
+  stage_projection: str = 'needed'
+  max_pool_padding: str = 'symmetric'
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
   bn_momentum: float = 0.9
@@ -191,6 +289,15 @@ class ResNet(nn.Module):
           f'got {w!r}.')
     if jnp.dtype(self.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
       raise ValueError(f'ResNet dtype must be float32 or bfloat16, got {self.dtype!r}.')
+    if not 0 <= self.sk_ratio < 1:
+      raise ValueError(f'ResNet sk_ratio must be in [0, 1) (SimCLRv2: 0.0625), got '
+                       f'{self.sk_ratio!r}.')
+    if self.stage_projection not in STAGE_PROJECTIONS:
+      raise ValueError(f'ResNet stage_projection must be one of {STAGE_PROJECTIONS}, got '
+                       f'{self.stage_projection!r}.')
+    if self.max_pool_padding not in MAX_POOL_PADDINGS:
+      raise ValueError(f'ResNet max_pool_padding must be one of {MAX_POOL_PADDINGS}, got '
+                       f'{self.max_pool_padding!r}.')
     if self.conv_impl not in conv_lib.CONV_IMPLS:
       raise ValueError(
           f'ResNet conv_impl must be one of {conv_lib.CONV_IMPLS}, got {self.conv_impl!r}.')
@@ -242,18 +349,32 @@ class ResNet(nn.Module):
       y = _conv(width(64), 3, 1, self.dtype, 'stem_conv', self.conv_impl)(y)
       y = nn.relu(norm_for(0)(name='stem_bn')(y))
     else:
-      y = _conv(width(64), 7, 2, self.dtype, 'stem_conv', self.conv_impl)(y)
-      y = nn.relu(norm_for(0)(name='stem_bn')(y))
+      stem_norm = norm_for(0)
+      if self.sk_ratio > 0:
+        y = _conv(width(32), 3, 2, self.dtype, 'stem_conv_a', self.conv_impl)(y)
+        y = nn.relu(stem_norm(name='stem_bn_a')(y))
+        y = _conv(width(32), 3, 1, self.dtype, 'stem_conv_b', self.conv_impl)(y)
+        y = nn.relu(stem_norm(name='stem_bn_b')(y))
+        y = _conv(width(64), 3, 1, self.dtype, 'stem_conv', self.conv_impl)(y)
+      else:
+        y = _conv(width(64), 7, 2, self.dtype, 'stem_conv', self.conv_impl)(y)
+      y = nn.relu(stem_norm(name='stem_bn')(y))
       if self.stem_max_pool:
-        y = conv_lib.max_pool(y, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                              impl=self.conv_impl)
+        if self.max_pool_padding == 'same':
+          padding = (same_padding(y.shape[1], 3, 2), same_padding(y.shape[2], 3, 2))
+        else:
+          padding = ((1, 1), (1, 1))
+        y = conv_lib.max_pool(y, (3, 3), strides=(2, 2), padding=padding, impl=self.conv_impl)
     y = maybe_freeze(y, 0)
 
     kind, stage_sizes = STAGE_SIZES[self.depth]
-    block_cls = BasicBlock if kind == 'basic' else BottleneckBlock
+    block_cls = BasicBlock if kind == 'basic' else functools.partial(
+        BottleneckBlock, sk_ratio=self.sk_ratio)
     for stage, num_blocks in enumerate(stage_sizes, start=1):
       for j in range(num_blocks):
         y = block_cls(
+            projection=j == 0 and self.stage_projection == 'always',
+            resnet_d=self.sk_ratio > 0,
             filters=width(64 * 2 ** (stage - 1)),
             # Stage 1 keeps the resolution (the stem already reduced it).
             stride=2 if stage > 1 and j == 0 else 1,
