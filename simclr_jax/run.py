@@ -20,11 +20,12 @@ from simclr_jax.evaluation import protocols
 from simclr_jax.evaluation.encoder import Encoder
 
 MODES = ('pretrain', 'linear_eval', 'pretrain_then_eval', 'evaluate', 'knn', 'finetune',
-         'transfer', 'embed_plot', 'eval_all')
+         'transfer', 'embed_plot', 'eval_all', 'probe', 'distill')
 # The protocols (simclr_jax/evaluation/protocols.py) each evaluation mode runs;
 # pretrain_then_eval and evaluate run config.eval.protocols.
 MODE_PROTOCOLS = {'linear_eval': ('linear',), 'knn': ('knn',), 'finetune': ('finetune',),
-                  'transfer': ('transfer',), 'embed_plot': ('embed_plot',),
+                  'transfer': ('transfer',), 'embed_plot': ('embed_plot',), 'probe': ('probe',),
+                  'distill': ('distill',),
                   'eval_all': protocols.ALL}
 
 

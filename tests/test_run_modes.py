@@ -41,7 +41,7 @@ def test_eval_all_writes_every_protocol(pretrained):
   results = run.train_and_evaluate(config, workdir, mode='eval_all')
   for key in ('linear_eval_top1', 'linear_eval_top5', 'pixel_baseline_top1', 'knn20_top1',
               'knn200_top1', 'finetune_10pct_top1', 'linear_10pct_top1', 'linear_100pct_top1',
-              'embed_plot'):
+              'pixel_10pct_top1', 'pixel_100pct_top1', 'embed_plot'):
     assert key in results, key
   assert os.path.getsize(results['embed_plot']) > 1000
   # The few-label probe is the mean over config.eval.label_subsets subsets, each recorded.
@@ -49,6 +49,9 @@ def test_eval_all_writes_every_protocol(pretrained):
   np.testing.assert_allclose(results['linear_10pct_top1'],
                              np.mean(results['linear_10pct_top1_runs']))
   assert len(results['linear_100pct_top1_runs']) == 1
+  # Raw pixels on the same subsets: all labels give the linear protocol's pixel baseline.
+  np.testing.assert_allclose(results['pixel_100pct_top1'], results['pixel_baseline_top1'],
+                             atol=2e-3)
   # No l2_reg_grid: every fit used the fixed weight decay.
   assert results['linear_10pct_l2_regs'] == [config.eval.l2_reg] * config.eval.label_subsets
 

@@ -1,12 +1,15 @@
 """A new linear classifier trained on a (partly) frozen model, data-parallel, on the shared loop.
 
-One step serves two protocols:
+One step serves three protocols:
 - fine-tuning (`finetune.finetune`, SimCLR / SimCLRv2): the classifier reads
   `head_outputs[head_layer]` (0 = h; 1 = the first projection layer, SimCLRv2), and the encoder
   blocks after `fine_tune_after_block` train with it (plus projection layers 1..head_layer), BN in
   train mode with statistics over the global batch;
 - the paper's linear evaluation (`linear_sgd.linear_eval_official`): everything frozen in inference
-  mode, only the classifier trains.
+  mode, only the classifier trains;
+- SimCLRv2's distillation (`protocols.distill`, with a `Distillation`): a student model and its
+  classifier train on a frozen teacher's tempered predictions, computed in the same step on the
+  same augmented images, plus optionally the labelled loss on the examples whose label is >= 0.
 
 The step is written for one core (collectives name the axis 'batch') and mapped by
 `parallel.Mapper` over every device of every process, like the pretraining step; it runs in
@@ -16,6 +19,7 @@ cosine decay, no warmup, no weight decay.
 """
 
 from collections.abc import Callable, Mapping
+import dataclasses
 import functools
 from typing import Any, Optional
 
@@ -35,6 +39,7 @@ from simclr_jax import metric_writer
 from simclr_jax import parallel
 from simclr_jax import train_step as train_step_lib
 from simclr_jax.evaluation import features as features_lib
+from simclr_jax.methods import losses
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 PyTree = Any
@@ -47,6 +52,33 @@ class ClassifierState:
   frozen: PyTree  # the model's params that do not train
   batch_stats: PyTree
   opt_state: PyTree
+  # Distillation: the frozen teacher's {'variables', 'classifier'}; None otherwise.
+  teacher: PyTree = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+  """A student's targets (SimCLRv2, Chen et al. 2020b, eq. 3): the predictions of a frozen
+  teacher (`model`, in inference mode, its classifier reading `head_outputs[head_layer]`) at
+  `temperature` (methods.losses.distillation_loss), weighted 1 - label_weight, plus label_weight
+  x the cross-entropy on the examples whose label is >= 0 (the labelled subset; -1 marks the
+  unlabelled images), averaged over the labelled examples of the global batch."""
+  model: nn.Module
+  head_layer: int
+  temperature: float = 1.0
+  label_weight: float = 0.0
+
+
+def _labelled_cross_entropy(logits, labels, axis_name: Optional[str]):
+  """This core's share of the mean cross-entropy over the global batch's labelled rows (label
+  >= 0): after the step's pmean it is the global mean, however the rows fall on the cores."""
+  valid = (labels >= 0).astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+  local = jnp.sum(ce * valid)
+  count, cores = valid.sum(), 1.0
+  if axis_name is not None:
+    count, cores = lax.psum(count, axis_name), lax.psum(1.0, axis_name)
+  return cores * local / jnp.maximum(lax.stop_gradient(count), 1.0)
 
 
 def with_axis(model: nn.Module, axis_name: Optional[str]) -> nn.Module:
@@ -57,7 +89,8 @@ def with_axis(model: nn.Module, axis_name: Optional[str]) -> nn.Module:
 
 def classifier_step(state: ClassifierState, batch, rng, *, model, tx, trainable_names,
                     fine_tune_after_block: int, head_layer: int,
-                    augment_fn: Optional[AugmentFn], axis_name: Optional[str] = parallel.AXIS):
+                    augment_fn: Optional[AugmentFn], axis_name: Optional[str] = parallel.AXIS,
+                    distillation: Optional[Distillation] = None):
   """One optimizer step of the classifier (and the unfrozen model parts) on this core's rows.
 
   Args:
@@ -71,6 +104,8 @@ def classifier_step(state: ClassifierState, batch, rng, *, model, tx, trainable_
     head_layer: index into `head_outputs` the classifier reads.
     augment_fn: `(key, images) -> images`, or None.
     axis_name: the mapped axis.
+    distillation: train on a teacher's predictions (state.teacher) instead of the labels; the
+      'accuracy' metric is then the agreement with the teacher's top class.
 
   Returns:
     (new state, metrics averaged over the global batch).
@@ -98,8 +133,21 @@ def classifier_step(state: ClassifierState, batch, rng, *, model, tx, trainable_
       batch_stats = state.batch_stats
     representation = features_lib.select_feature(outputs, head_layer).astype(jnp.float32)
     logits = representation @ trainable['classifier']['kernel'] + trainable['classifier']['bias']
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    if distillation is None:
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+      return loss, (batch_stats, accuracy)
+    teacher = state.teacher
+    teacher_out = distillation.model.apply(teacher['variables'], images, train=False)
+    teacher_logits = (features_lib.select_feature(teacher_out, distillation.head_layer)
+                      .astype(jnp.float32) @ teacher['classifier']['kernel']
+                      + teacher['classifier']['bias'])
+    weight = distillation.label_weight
+    loss = (1.0 - weight) * losses.distillation_loss(
+        logits, teacher_logits, temperature=distillation.temperature).mean()
+    if weight > 0:
+      loss = loss + weight * _labelled_cross_entropy(logits, batch['label'], axis_name)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
     return loss, (batch_stats, accuracy)
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -140,6 +188,8 @@ def train_classifier(
     checkpoint_every_steps: int = 1000,
     name: str = 'classifier',
     on_step: Optional[Callable[[int], None]] = None,
+    distillation: Optional[Distillation] = None,
+    teacher: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
   """Trains a new linear classifier on `head_outputs[head_layer]`, plus the unfrozen model parts.
 
@@ -176,6 +226,9 @@ def train_classifier(
     log_every_steps, checkpoint_every_steps: as pretraining's.
     name: what trains, for logs.
     on_step: called with the number of steps done after each step (tests).
+    distillation: learn from a teacher (`Distillation`) instead of the labels.
+    teacher: with `distillation`, the teacher's {'variables', 'classifier'} (NumPy or
+      device arrays; only read).
 
   Returns:
     `dict(top1=, top5=, train_loss=, variables=, classifier=, preempted=)`: test accuracies,
@@ -207,25 +260,34 @@ def train_classifier(
   trainable = {'classifier': classifier, **{n: params[n] for n in trainable_names}}
   tx = optax.sgd(optax.cosine_decay_schedule(learning_rate, steps), momentum=momentum,
                  nesterov=True)
+  if (distillation is None) != (teacher is None):
+    raise ValueError('distillation and teacher go together')
   state = ClassifierState(
       step=jnp.zeros((), jnp.int32), trainable=trainable,
       frozen={n: v for n, v in params.items() if n not in trainable_names},
-      batch_stats=dict(variables.get('batch_stats', {})), opt_state=tx.init(trainable))
+      batch_stats=dict(variables.get('batch_stats', {})), opt_state=tx.init(trainable),
+      teacher=None if teacher is None else jax.device_get(
+          {'variables': dict(teacher['variables']), 'classifier': teacher['classifier']}))
   ckpt, restored_step = None, None
   if workdir is not None:
     metric_writer.makedirs(workdir)
-    _check_settings(workdir, dict(
+    settings = dict(
         name=name, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         momentum=momentum, seed=seed, fine_tune_after_block=fine_tune_after_block,
         head_layer=head_layer, train_head=train_head, num_classes=num_classes,
-        train_examples=int(train.num_examples), augment=_describe(augment_fn)))
+        train_examples=int(train.num_examples), augment=_describe(augment_fn))
+    if distillation is not None:
+      settings['distillation'] = dict(head_layer=distillation.head_layer,
+                                      temperature=distillation.temperature,
+                                      label_weight=distillation.label_weight)
+    _check_settings(workdir, settings)
     ckpt = checkpoint.Checkpointer(workdir, max_to_keep=1)
     restored_step, state = ckpt.restore_latest(state)
   start_step = int(state.step)
   step_fn = mapper.map_step(functools.partial(
       classifier_step, model=with_axis(model, parallel.AXIS), tx=tx,
       trainable_names=tuple(trainable_names), fine_tune_after_block=fine_tune_after_block,
-      head_layer=head_layer, augment_fn=augment_fn))
+      head_layer=head_layer, augment_fn=augment_fn, distillation=distillation))
   writer = metric_writer.MetricWriter(workdir, total_steps=steps, global_batch_size=batch_size)
   result = loop.run_loop(
       step_fn=step_fn, state=mapper.put_state(state),

@@ -318,12 +318,14 @@ def pixel_baseline(
   Returns:
     Same dict as `linear_eval`.
   """
-  def flatten(images):
-    images = features_lib.to_model_input(np.asarray(images))
-    return images.reshape(images.shape[0], -1)
+  return linear_eval(pixel_features(train_images), train_labels, pixel_features(test_images),
+                     test_labels, num_classes=num_classes, **fit_kwargs)
 
-  return linear_eval(flatten(train_images), train_labels, flatten(test_images), test_labels,
-                     num_classes=num_classes, **fit_kwargs)
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+  """Raw pixels as features: `[N, H, W, C]` images -> float32 `[N, H * W * C]` in [0, 1]."""
+  images = features_lib.to_model_input(np.asarray(images))
+  return images.reshape(images.shape[0], -1)
 
 
 def label_fraction_eval(

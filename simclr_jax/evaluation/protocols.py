@@ -14,6 +14,8 @@ entry point merges into `workdir/results.json`.
 | label_fraction_linear | L-BFGS probe on label subsets, the mean over several | in memory only |
 | embed_plot | t-SNE of the test features | in memory only |
 | transfer | L-BFGS probe on config.eval.transfer_dataset | in memory only |
+| distill | SimCLRv2's distillation: a student trained on the fine-tuned teacher's predictions, per label fraction | same (labelled loss in memory only) |
+| probe | the checkpoint's own linear classifier (`params['probe']`: the online probe, or an imported official model's supervised head) on the test split | same |
 
 Results of a random-init encoder (`config.init='random'`) get the prefix `random_init_`.
 """
@@ -26,10 +28,12 @@ from typing import Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from simclr_jax import defaults
+from simclr_jax import train_step as train_step_lib
 from simclr_jax.evaluation import data as data_lib
 from simclr_jax.evaluation import classifier
 from simclr_jax.evaluation import features as features_lib
@@ -40,6 +44,8 @@ from simclr_jax.evaluation import linear_sgd as linear_sgd_lib
 from simclr_jax.evaluation import plots
 from simclr_jax.evaluation import subsets
 from simclr_jax.evaluation.encoder import Encoder
+from simclr_jax.models import build_model
+from simclr_jax.models.heads import PROBE_KEY
 
 # Streamed ImageNet's label fractions: the paper's own subsets (file lists shipped with the
 # official code, in TFDS as imagenet2012_subset/<p>pct), not draws of ours.
@@ -71,9 +77,10 @@ def linear(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
          f'{p}linear_eval_feature': config.eval.feature, f'{p}linear_eval_l2_reg': res['l2_reg'],
          f'{p}linear_eval_protocol': 'lbfgs', f'{p}linear_eval_seconds': time.time() - t0,
          'encoder_step': encoder.step}
-  if config.init == 'pretrained' and config.eval.feature == 'h':
-    probe = encoder.variables['params']['probe']
-    logits = test_f @ np.asarray(probe['kernel']) + np.asarray(probe['bias'])
+  if (config.init == 'pretrained' and config.eval.feature == 'h'
+      and encoder.model.probe_input == 0):
+    online = encoder.variables['params'][PROBE_KEY]
+    logits = test_f @ np.asarray(online['kernel']) + np.asarray(online['bias'])
     out['online_probe_top1'] = features_lib.topk_accuracy(logits, test_y, 1)
   if config.eval.pixel_baseline:
     pix = linear_lib.pixel_baseline(train_x, train_y, test_x, test_y, num_classes=num_classes,
@@ -139,6 +146,37 @@ def knn(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
   return {f'{prefix(config)}knn{k}_top1': v for k, v in top1.items()}
 
 
+def probe(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
+  """Top-1 / top-5 of the checkpoint's own linear classifier on the whole test split: the
+  online probe trained during pretraining, or the supervised head of an imported official
+  model (simclr_jax/convert.py), which reproduces its published accuracy. It reads
+  `model.probe_input` (0 = h)."""
+  del workdir
+  layer = encoder.model.probe_input
+  params = encoder.variables['params'][PROBE_KEY]
+  if params['kernel'].shape[-1] != data.num_classes:
+    raise defaults.ConfigError(
+        f"the checkpoint's classifier has {params['kernel'].shape[-1]} classes, "
+        f'{data.train.name} {data.num_classes}: the probe protocol needs the dataset it was '
+        'trained on')
+  kernel, bias = jax.device_put((params['kernel'], params['bias']), encoder.mapper.replicated)
+
+  @functools.partial(jax.jit, out_shardings=encoder.mapper.replicated)
+  def count(totals, features, labels, mask):
+    logits = features @ kernel + bias
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    hits = top5 == labels[:, None]
+    return totals + jnp.stack([jnp.sum(hits[:, 0] & mask), jnp.sum(hits.any(-1) & mask),
+                               jnp.sum(mask)]).astype(jnp.int32)
+
+  totals = jax.device_put(np.zeros(3, np.int32), encoder.mapper.replicated)
+  for out in encoder.split_features(data.test, 'h' if layer == 0 else f'head_{layer}'):
+    totals = count(totals, out['features'], out['label'], out['mask'])
+  top1, top5, n = (int(x) for x in jax.device_get(totals))
+  return {f'{prefix(config)}probe_top1': top1 / n, f'{prefix(config)}probe_top5': top5 / n,
+          f'{prefix(config)}probe_input': layer}
+
+
 def fraction_split(config, data: data_lib.EvalData, fraction: float) -> data_lib.EvalSplit:
   """The labelled training examples of a label fraction: ImageNet's own 1 % / 10 % subsets
   when the data is streamed imagenet2012, a class-balanced draw (seed config.seed) otherwise."""
@@ -159,24 +197,105 @@ def finetune(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict
   classifier, on each of config.eval.finetune_fractions of the labels: data-parallel with BN
   over the global batch, checkpointed under workdir/finetune_<p>pct (a rerun resumes)."""
   out = {}
-  fractions = tuple(config.eval.finetune_fractions)
-  for fraction, steps in finetune_steps(config, data, fractions).items():
-    train = fraction_split(config, data, fraction)
-    key = f'{prefix(config)}finetune_{percent(fraction)}'
-    res = classifier.train_classifier(
-        encoder.model, encoder.variables, train, data.test, num_classes=data.num_classes,
-        fine_tune_after_block=config.eval.fine_tune_after_block,
-        head_layer=config.eval.finetune_head_layer, train_head=True, steps=steps,
-        batch_size=finetune_batch_size(config, train, encoder.mapper),
-        learning_rate=config.eval.finetune_learning_rate, seed=config.seed,
-        augment_fn=finetune_augment(train.image_shape[0]), eval_batch_size=config.eval.batch_size,
-        mapper=encoder.mapper, workdir=os.path.join(workdir, key),
-        log_every_steps=config.log_every_steps,
-        checkpoint_every_steps=config.checkpoint_every_steps, name=f'fine-tuning {percent(fraction)}')
+  for fraction, steps in finetune_steps(config, data, tuple(config.eval.finetune_fractions)).items():
+    key, res, train = _finetune_run(config, workdir, encoder, data, fraction, steps)
     if res['preempted']:
       return {**out, 'preempted': True}
     out.update({f'{key}_top1': res['top1'], f'{key}_top5': res['top5'],
                 f'{key}_num_labels': int(train.num_examples), f'{key}_steps': steps})
+  return out
+
+
+def _finetune_run(config, workdir, encoder: Encoder, data: data_lib.EvalData, fraction: float,
+                  steps: int):
+  """(result key, train_classifier's result, labelled split) of fine-tuning on one fraction;
+  a finished run in its workdir is read back, not repeated."""
+  train = fraction_split(config, data, fraction)
+  key = f'{prefix(config)}finetune_{percent(fraction)}'
+  res = classifier.train_classifier(
+      encoder.model, encoder.variables, train, data.test, num_classes=data.num_classes,
+      fine_tune_after_block=config.eval.fine_tune_after_block,
+      head_layer=config.eval.finetune_head_layer, train_head=True, steps=steps,
+      batch_size=device_batch_size(config.eval.finetune_batch_size, train, encoder.mapper),
+      learning_rate=config.eval.finetune_learning_rate, seed=config.seed,
+      augment_fn=finetune_augment(train.image_shape[0]), eval_batch_size=config.eval.batch_size,
+      mapper=encoder.mapper, workdir=os.path.join(workdir, key),
+      log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps, name=f'fine-tuning {percent(fraction)}')
+  return key, res, train
+
+
+def distill(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
+  """SimCLRv2's third step (Chen et al. 2020b, section 2): for each of
+  config.eval.finetune_fractions, the model fine-tuned on that fraction (the finetune protocol's
+  run, read back from workdir/finetune_<p>pct or run first) is the teacher; a student (the same
+  architecture, or config.distill.student_depth / student_width_multiplier; random init, or the
+  teacher's weights with config.distill.student_init='teacher') trains on every training image
+  for config.distill.epochs with the teacher's predictions at config.distill.temperature as
+  targets, plus config.distill.label_weight x the cross-entropy on the fraction's labels (in
+  memory only), data-parallel on the shared loop (checkpoints under workdir/distill_<p>pct).
+  Teacher and student are tested on the same test split."""
+  d = config.distill
+  out = {}
+  for fraction, steps in finetune_steps(config, data, tuple(config.eval.finetune_fractions)).items():
+    _, teacher, _ = _finetune_run(config, workdir, encoder, data, fraction, steps)
+    if teacher['preempted']:
+      return {**out, 'preempted': True}
+    key = f'{prefix(config)}distill_{percent(fraction)}'
+    unlabelled = data.train
+    if d.label_weight > 0:
+      if not data.in_memory:
+        raise defaults.ConfigError(
+            f'config.distill.label_weight={d.label_weight}: the labelled loss needs the data in '
+            f'memory ({data.train.name} is streamed); use 0 (distillation alone)')
+      labels = np.full(data.train.num_examples, -1, np.int32)
+      kept = (np.arange(data.train.num_examples) if fraction == 1.0 else
+              subsets.label_fraction_indices(data.train.labels, fraction=fraction,
+                                             seed=config.seed))
+      labels[kept] = data.train.labels[kept]
+      unlabelled = data_lib.EvalSplit.from_arrays(data.train.images, labels,
+                                                  num_classes=data.num_classes,
+                                                  name=data.train.name)
+    model_config = ml_collections.ConfigDict(config.model.to_dict())
+    if d.student_depth > 0:
+      model_config.depth = d.student_depth
+    if d.student_width_multiplier > 0:
+      model_config.width_multiplier = d.student_width_multiplier
+    student = build_model(model_config, num_classes=data.num_classes,
+                          image_size=data.train.image_shape[0])
+    if d.student_init == 'teacher':
+      if (model_config.depth, model_config.width_multiplier) != (
+          config.model.depth, config.model.width_multiplier):
+        raise defaults.ConfigError("config.distill.student_init='teacher' needs the teacher's "
+                                   'architecture; leave student_depth / width at -1')
+      variables = teacher['variables']
+    elif d.student_init == 'random':
+      variables = jax.device_get(train_step_lib.init_variables(
+          student, image_shape=data.train.image_shape, seed=config.seed))
+    else:
+      raise defaults.ConfigError(f"config.distill.student_init must be 'random' or 'teacher', "
+                                 f'got {d.student_init!r}')
+    batch = device_batch_size(d.batch_size, unlabelled, encoder.mapper)
+    student_steps = max(1, math.ceil(d.epochs * unlabelled.num_examples / batch))
+    res = classifier.train_classifier(
+        student, variables, unlabelled, data.test, num_classes=data.num_classes,
+        fine_tune_after_block=-1, head_layer=0, train_head=False, steps=student_steps,
+        batch_size=batch,
+        learning_rate=d.learning_rate, seed=config.seed,
+        augment_fn=finetune_augment(unlabelled.image_shape[0]),
+        eval_batch_size=config.eval.batch_size, mapper=encoder.mapper,
+        workdir=os.path.join(workdir, key), log_every_steps=config.log_every_steps,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        name=f'distillation {percent(fraction)}',
+        distillation=classifier.Distillation(
+            model=encoder.model, head_layer=config.eval.finetune_head_layer,
+            temperature=d.temperature, label_weight=d.label_weight),
+        teacher={'variables': teacher['variables'], 'classifier': teacher['classifier']})
+    if res['preempted']:
+      return {**out, 'preempted': True}
+    out.update({f'{key}_teacher_top1': teacher['top1'], f'{key}_top1': res['top1'],
+                f'{key}_top5': res['top5'], f'{key}_steps': student_steps,
+                f'{key}_student': f'{model_config.depth}x{model_config.width_multiplier:g}'})
   return out
 
 
@@ -196,12 +315,12 @@ def finetune_steps(config, data, fractions) -> dict:
   return steps
 
 
-def finetune_batch_size(config, split: data_lib.EvalSplit, mapper) -> int:
-  """config.eval.finetune_batch_size, capped at the subset's size, in whole units of the
-  devices (and of the stream shards, for a streamed split)."""
+def device_batch_size(batch_size: int, split: data_lib.EvalSplit, mapper) -> int:
+  """A training batch (fine-tuning, distillation) capped at the split's size, in whole units of
+  the devices (and of the stream shards, for a streamed split)."""
   unit = mapper.num_devices if split.in_memory else math.lcm(mapper.num_devices,
                                                              split.stream_shards)
-  batch = min(config.eval.finetune_batch_size, split.num_examples)
+  batch = min(batch_size, split.num_examples)
   return max(unit, batch // unit * unit)
 
 
@@ -215,13 +334,22 @@ def finetune_augment(image_side: int):
 
 def label_fraction_linear(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
   """The L-BFGS probe with only a class-balanced fraction of the labels
-  (config.eval.label_fractions), the mean over config.eval.label_subsets subsets."""
+  (config.eval.label_fractions), the mean over config.eval.label_subsets subsets; with
+  config.eval.pixel_baseline the same probe on raw pixels and the same subsets
+  (`pixel_<p>pct_top1`), the floor at each fraction."""
   del workdir
-  _, train_y, _, test_y, num_classes = data.arrays()
+  train_x, train_y, test_x, test_y, num_classes = data.arrays()
   out = label_fraction_metrics(config, encoder.features(data.train, config.eval.feature),
                                train_y, encoder.features(data.test, config.eval.feature),
                                test_y, num_classes, config.eval.label_fractions)
-  return {prefix(config) + k: v for k, v in out.items()}
+  out = {prefix(config) + k: v for k, v in out.items()}
+  if config.eval.pixel_baseline:
+    pixels = label_fraction_metrics(
+        config, linear_lib.pixel_features(train_x), train_y, linear_lib.pixel_features(test_x),
+        test_y, num_classes, config.eval.label_fractions)
+    out.update({f'pixel_{k.removeprefix("linear_")}': v for k, v in pixels.items()
+                if k.endswith('_top1')})
+  return out
 
 
 def label_fraction_metrics(config, train_f, train_y, test_f, test_y, num_classes,
@@ -309,10 +437,12 @@ PROTOCOLS: dict[str, Callable] = {
     'label_fraction_linear': label_fraction_linear,
     'embed_plot': embed_plot,
     'transfer': transfer,
+    'probe': probe,
+    'distill': distill,
 }
 # What `--mode=eval_all` runs (transfer needs a second dataset, so it has its own mode).
 ALL = ('linear', 'knn', 'finetune', 'label_fraction_linear', 'embed_plot')
-STREAMABLE = ('linear', 'linear_sgd', 'knn', 'finetune')
+STREAMABLE = ('linear', 'linear_sgd', 'knn', 'finetune', 'probe', 'distill')
 
 
 def check_names(names) -> None:

@@ -267,6 +267,29 @@ def margin_triplet(z_a: jax.Array, z_b: jax.Array, *, margin: float,
                 'active_fraction': active_fraction}
 
 
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, *,
+                      temperature: float) -> jax.Array:
+  """SimCLRv2's distillation loss per example (Chen et al. 2020b, eq. 3).
+
+  -T^2 sum_y P_teacher(y; T) log P_student(y; T), P(.; T) = softmax(logits / T): the
+  cross-entropy of the student's tempered prediction against the teacher's, times T^2 as the
+  official distillation colab weighs it (so the gradient's scale does not change with T). The
+  teacher is a constant (stop_gradient).
+
+  Args:
+    student_logits, teacher_logits: [n, C].
+    temperature: T > 0 (the paper: 1).
+
+  Returns:
+    [n] float32.
+  """
+  if temperature <= 0:
+    raise ValueError(f'distillation temperature must be > 0, got {temperature!r}')
+  teacher = jax.nn.softmax(lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature)
+  log_student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature)
+  return -temperature ** 2 * jnp.sum(teacher * log_student, axis=-1)
+
+
 def contrastive_loss(z_a: jax.Array, z_b: jax.Array, loss_config: Mapping,
                      *, axis_name: Optional[str] = None):
   """The loss named by `config.loss.name`, with its `config.loss` settings.
