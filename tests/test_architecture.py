@@ -18,7 +18,7 @@ LAYERS = (
     ('optim', 'train_step', 'config_validation'),
     ('loop', 'train'),
     ('evaluation',),
-    ('run', 'main', 'preview'),
+    ('run', 'main', 'preview', 'convert'),
 )
 
 

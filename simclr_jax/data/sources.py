@@ -367,7 +367,8 @@ def load(dataset_config, split: str) -> Source:
 
   Args:
     dataset_config: `config.dataset` (fields name, data_dir, folder, image_size, download,
-      strict, max_train_examples, train_split).
+      strict, max_train_examples, train_split, rgb: grayscale in-memory images as three equal
+      channels).
     split: 'train', 'test', or a TFDS-style slice such as 'train[:1000]'.
 
   Returns:
@@ -377,6 +378,14 @@ def load(dataset_config, split: str) -> Source:
     ValueError: unknown dataset, missing files, or no local copy while offline; the message
       says how to fix it.
   """
+  source = _load(dataset_config, split)
+  if dataset_config.get('rgb', False) and source.images is not None and (
+      source.images.shape[-1] == 1):
+    source = dataclasses.replace(source, images=np.repeat(source.images, 3, axis=-1))
+  return source
+
+
+def _load(dataset_config, split: str) -> Source:
   name = dataset_config.name
   if name == 'image_folder':
     return _load_image_folder(split, dataset_config)
