@@ -147,7 +147,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 512  # feature extraction batch
-  c.eval.l2_reg = 1e-4  # fast linear eval (L-BFGS) weight decay when l2_reg_grid is empty
+  # Fast linear eval (L-BFGS) weight decay when l2_reg_grid is empty; -1: 1 / N for N labelled
+  # examples, scikit-learn's default C=1 (stronger with fewer labels).
+  c.eval.l2_reg = 1e-4
   # Fast linear eval: when set, the weight decay is picked from this grid by l2_reg_folds-fold
   # cross-validation on the labelled training examples (the test set takes no part), costing
   # len(grid) * folds extra fits per probe. A fixed 1e-4 under-regularises 600 labels

@@ -231,3 +231,22 @@ def test_rerun_with_other_settings_is_a_clear_error(tiny, tmp_path):
   with pytest.raises(config_validation.ConfigError, match='learning_rate.*delete'):
     linear_sgd.linear_eval_official(model, variables, train, train, num_classes=10, epochs=1,
                                 batch_size=32, learning_rate=0.5, workdir=str(tmp_path))
+
+
+def test_negative_l2_reg_is_scikit_learns_default_c_on_the_labelled_examples():
+  """l2_reg < 0 is 1 / N: LogisticRegression(C=1) on the same standardised features."""
+  train_images, train_labels = helpers.fashion_mnist('train', 600)
+  test_images, test_labels = helpers.fashion_mnist('test', 500)
+  result = linear.pixel_baseline(train_images, train_labels, test_images, test_labels,
+                                 num_classes=10, l2_reg=-1.0, max_iters=500)
+  assert result['l2_reg'] == pytest.approx(1 / 600)
+  train, test = _standardise64(train_images.reshape(600, -1).astype(np.float64),
+                               test_images.reshape(500, -1).astype(np.float64))
+  with threadpool_limits(1):
+    reference = LogisticRegression(C=1.0, max_iter=2000).fit(train, train_labels)
+  assert abs(result['top1'] - reference.score(test, test_labels)) <= 0.01
+  ours, _, _ = _objective64(train, train_labels, result['classifier'].kernel,
+                            result['classifier'].bias, 1 / 600)
+  theirs, _, _ = _objective64(train, train_labels, reference.coef_.T, reference.intercept_,
+                              1 / 600)
+  assert ours <= theirs * (1 + 1e-3)

@@ -225,7 +225,9 @@ def fit_linear_classifier(
     train_features: `[N, D]` features.
     train_labels: `[N]` int labels in `[0, num_classes)`.
     num_classes: number of classes C.
-    l2_reg: weight decay on W (config.eval.l2_reg), used when `l2_grid` is empty.
+    l2_reg: weight decay on W (config.eval.l2_reg), used when `l2_grid` is empty; < 0: 1 / N,
+      scikit-learn's default `C=1` on these N labelled examples (the regularisation grows as
+      the labels get fewer).
     max_iters: L-BFGS iteration cap (config.eval.max_iters).
     tol: stop once the gradient's L2 norm falls below this.
     l2_grid: candidate weight decays; when given, `select_l2_reg` picks one by `cv_folds`-fold
@@ -248,6 +250,8 @@ def fit_linear_classifier(
     l2_reg, cv_top1 = _select_l2_reg(standardised, train_labels, num_classes=num_classes,
                                      grid=l2_grid, folds=cv_folds, seed=cv_seed,
                                      max_iters=max_iters, tol=tol)
+  elif l2_reg < 0:
+    l2_reg = 1.0 / len(train_labels)
   params, num_iters, grad_norm, value = _fit_lbfgs(
       standardised, jnp.asarray(train_labels, jnp.int32),
       jnp.ones(train_labels.shape, jnp.float32), jnp.float32(l2_reg), jnp.float32(tol),
