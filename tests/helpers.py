@@ -35,6 +35,21 @@ def simple_views(images: np.ndarray) -> np.ndarray:
   return np.stack([flipped, shifted], axis=1).astype(np.float32)
 
 
+def tiny_eval_config(**overrides):
+  """tiny_config pretraining 2 steps of 16 on 600 training images, evaluated on 300 test images
+  with every protocol cut down (the mode tests' checkpoint)."""
+  c = tiny_config(num_train_steps=2, batch_size=16, num_devices=1, **overrides)
+  c.dataset.train_split = 'train[:600]'
+  c.dataset.eval_split = 'test[:300]'
+  c.eval.max_iters = 50
+  c.eval.finetune_steps = 3
+  c.eval.finetune_batch_size = 16
+  c.eval.label_fractions = (0.1, 1.0)
+  c.eval.label_subsets = 2
+  c.eval.finetune_fractions = (0.1,)
+  return c
+
+
 def tiny_config(**overrides):
   """A config 'for tests only': ResNet-18 at width 1/8 on 28x28 Fashion-MNIST."""
   c = defaults.get_config()

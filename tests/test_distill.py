@@ -111,12 +111,7 @@ def test_labelled_loss_changes_the_run(tiny):
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('distill'))
-  config = helpers.tiny_config(num_train_steps=2, batch_size=16, num_devices=1)
-  config.dataset.train_split = 'train[:600]'
-  config.dataset.eval_split = 'test[:200]'
-  config.eval.finetune_steps = 3
-  config.eval.finetune_batch_size = 16
-  config.eval.finetune_fractions = (0.1,)
+  config = helpers.tiny_eval_config()
   config.distill.epochs = 0.1  # 60 images: 2 steps of 32
   config.distill.batch_size = 32
   run.train_and_evaluate(config, workdir, mode='pretrain')

@@ -13,15 +13,7 @@ from tests import helpers
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('pretrained'))
-  config = helpers.tiny_config(num_train_steps=2, batch_size=16, num_devices=1)
-  config.dataset.train_split = 'train[:600]'
-  config.dataset.eval_split = 'test[:300]'
-  config.eval.max_iters = 50
-  config.eval.finetune_steps = 3
-  config.eval.finetune_batch_size = 16
-  config.eval.label_fractions = (0.1, 1.0)
-  config.eval.label_subsets = 2
-  config.eval.finetune_fractions = (0.1,)
+  config = helpers.tiny_eval_config()
   run.train_and_evaluate(config, workdir, mode='pretrain')
   return config, workdir
 
