@@ -145,7 +145,7 @@ def main():
   parser.add_argument('--head_out_dim', type=int, default=128)
   parser.add_argument('--cifar_stem', type=int, choices=(0, 1), default=1,
                       help='1: 3x3/1 stem conv (the issue-10 model); 0: 7x7/2 conv + max-pool '
-                      '(configs/fashion_mnist.py).')
+                      '(configs/fashion_mnist_fast.py).')
   parser.add_argument('--rounds', type=int, default=5, help='Turns per variant (timed steps: rounds x '
                       '(steps_per_turn - 1), or rounds when steps_per_turn is 1).')
   parser.add_argument('--warmup_steps', type=int, default=1)

@@ -11,11 +11,11 @@ fine-tune them with simclr_jax's own fine-tuning code.
 
 What comes from lightly: `lightly.loss.NTXentLoss` and `lightly.models.modules.
 SimCLRProjectionHead`. What mirrors the JAX config (quality.py passes its fields as flags; the
-defaults here are configs/fashion_mnist.py's): the encoder (ResNet-18 v1.5, ImageNet stem, width
+defaults here are configs/fashion_mnist_fast.py's): the encoder (ResNet-18 v1.5, ImageNet stem, width
 0.5: `torch_train_step.ResNet18`, in PyTorch's channels_last layout), head widths (h -> h -> 64),
-temperature 0.1, batch 256, LARS
-(`torch_train_step.Lars`, as simclr_jax.optim) at 1.0 x B / 256 with a linear warmup and
-cosine decay over the time budget, and the augmentation (written here as batched torch tensor ops, the same
+temperature 0.1, batch 256, LARS or
+SGD (`torch_train_step.Lars`, as simclr_jax.optim's two; `--optimizer`, `--lr_scaling`) at
+1.0 x B / 256 with a linear warmup and cosine decay over the time budget, and the augmentation (written here as batched torch tensor ops, the same
 distributions as our tf.data pipeline, so both rows see the same views, not torchvision's
 per-image transforms): random resized crop (area U[0.2, 1], aspect
 log-U[3/4, 4/3], first of 10 tries that fits, else the whole image) resized bicubically, flip
@@ -156,8 +156,9 @@ def train(pretrain_images: np.ndarray, *, budget_s: float, args: argparse.Namesp
                  cifar_stem=args.cifar_stem, out_dim=args.head_out_dim)
   model = model.to(memory_format=fmt).train()
   criterion = ntxent_cls(temperature=args.temperature)
-  lars = torch_train_step.Lars(model.parameters(), lr=0.0, weight_decay=args.weight_decay)
-  peak = args.learning_rate * batch_size / 256
+  lars = torch_train_step.Lars(model.parameters(), lr=0.0, weight_decay=args.weight_decay,
+                               trust=args.optimizer == 'lars')
+  peak = args.learning_rate * (batch_size / 256 if args.lr_scaling == 'linear' else 1.0)
   view = lambda x: augment(x, gen, crop_area_min=args.crop_area_min,  # pylint: disable=unnecessary-lambda-assignment
                            color_strength=args.color_strength)
   order = np.zeros((0,), np.int64)
@@ -218,10 +219,15 @@ def main():
   parser.add_argument('--width_multiplier', type=float, default=0.5)
   parser.add_argument('--cifar_stem', type=int, choices=(0, 1), default=0)
   parser.add_argument('--head_out_dim', type=int, default=64)
-  parser.add_argument('--learning_rate', type=float, default=1.0, help='x batch_size / 256.')
+  parser.add_argument('--learning_rate', type=float, default=1.0,
+                      help='x batch_size / 256 with --lr_scaling=linear.')
+  parser.add_argument('--lr_scaling', choices=('linear', 'none'), default='linear')
+  parser.add_argument('--optimizer', choices=('lars', 'sgd'), default='lars',
+                      help="simclr_jax.optim's lars, or its sgd (the same without the trust "
+                      'ratio).')
   parser.add_argument('--weight_decay', type=float, default=1e-6)
   parser.add_argument('--warmup_fraction', type=float, default=0.03,
-                      help='share of the budget in warmup (configs/fashion_mnist.py: 0.3 of '
+                      help='share of the budget in warmup (configs/fashion_mnist_fast.py: 0.3 of '
                       '10 epochs).')
   parser.add_argument('--crop_area_min', type=float, default=0.2)
   parser.add_argument('--color_strength', type=float, default=0.5)

@@ -30,9 +30,9 @@ OVERRIDES = {'model.depth': 18, 'model.width_multiplier': 0.125, 'model.head_out
 def _worker(tree: str, steps: int, skip: int, num_devices: int) -> dict:
   sys.path.insert(0, tree)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  from configs import fashion_mnist_fast  # pylint: disable=g-import-not-at-top
   from simclr_jax import xla_setup  # pylint: disable=g-import-not-at-top
-  config = fashion_mnist.get_config()
+  config = fashion_mnist_fast.get_config()
   xla_setup.apply_xla_flags(config.xla_flags)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

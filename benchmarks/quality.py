@@ -10,12 +10,14 @@
 
 Rows (flag --rows; SSL methods with --methods):
   simclr, moco, barlow_twins  configs/{fashion_mnist,moco_fashion_mnist,
-                              barlow_twins_fashion_mnist}.py, pretrained for the budget;
+                              barlow_twins_fashion_mnist}.py, pretrained for the budget
+                              (--simclr_config=fashion_mnist_fast: the simclr row on the fast
+                              recipe the other two build on);
   random_init                 the same encoder at its initialisation (--config.init=random);
   pixels                      logistic regression / kNN on raw pixels (no encoder, no fine-tune);
   supervised                  the same encoder trained from scratch with cross-entropy on the
                               labels, same augmentation, optimizer, loop and budget
-                              (configs/fashion_mnist.py with method 'supervised',
+                              (the simclr row's config with method 'supervised',
                               simclr_jax/methods/supervised.py);
   lightly                     lightly's NTXentLoss + SimCLRProjectionHead on a PyTorch mirror of
                               the encoder (benchmarks/lightly_simclr.py, run as a subprocess),
@@ -77,6 +79,7 @@ import tensorflow as tf
 
 from configs import barlow_twins_fashion_mnist
 from configs import fashion_mnist
+from configs import fashion_mnist_fast
 from configs import moco_fashion_mnist
 import quality_tables
 from simclr_jax import config_validation
@@ -107,6 +110,10 @@ flags.DEFINE_float('pretrain_minutes', 15.0, 'Wall-clock pretraining budget per 
 flags.DEFINE_multi_string('override', [], 'Config overrides of the pretrained rows (simclr, moco, '
                           'barlow_twins, supervised), e.g. --override=model.width_multiplier=0.25; '
                           'values are Python literals.')
+flags.DEFINE_enum('simclr_config', 'fashion_mnist', ['fashion_mnist', 'fashion_mnist_fast'],
+                  'Config file of the simclr (and supervised) rows: the CPU default, or the '
+                  'fast recipe (ImageNet stem, width 0.5, LARS) that the MoCo and Barlow Twins '
+                  'rows build on.')
 flags.DEFINE_bool('standard_protocol', True, 'Also report every row on a standard protocol '
                   "independent of this project's probes: scikit-learn logistic regression (C=1) on "
                   'standardised features with all labels and on each 1% label subset, and kNN-20 '
@@ -135,8 +142,10 @@ flags.DEFINE_list('l2_reg_grid', [], 'Weight decays the linear probes of every r
 
 
 def _base_config(method: str = 'simclr'):
-  # The supervised baseline: the SimCLR default's config with method 'supervised'.
-  config = CONFIGS.get(method, fashion_mnist).get_config()
+  # The supervised baseline: the SimCLR row's config with method 'supervised'.
+  simclr = {'fashion_mnist': fashion_mnist, 'fashion_mnist_fast': fashion_mnist_fast}[
+      FLAGS.simclr_config]
+  config = (simclr if method in ('simclr', 'supervised') else CONFIGS[method]).get_config()
   config.method = method
   for dotted in FLAGS.override:
     defaults.override(config, dotted)
@@ -309,10 +318,11 @@ def _lightly_row(data) -> dict:
   cifar_stem = config.model.cifar_stem
   if cifar_stem is None:  # the encoder's own rule (simclr_jax.models.resnet)
     cifar_stem = config.dataset.image_size <= resnet.CIFAR_STEM_MAX_SIDE
-  mirrored = dict(depth=18, head_hidden_dim=-1, optimizer='lars', lr_scaling='linear')
+  mirrored = dict(depth=(18,), head_hidden_dim=(-1,), optimizer=('lars', 'sgd'),
+                  lr_scaling=('linear', 'none'))
   actual = dict(depth=config.model.depth, head_hidden_dim=config.model.head_hidden_dim,
                 optimizer=config.optimizer.name, lr_scaling=config.optimizer.lr_scaling)
-  if actual != mirrored:
+  if any(actual[k] not in allowed for k, allowed in mirrored.items()):
     raise ValueError(f'benchmarks/lightly_simclr.py mirrors {mirrored} only; the config has '
                      f'{actual}: extend the mirror or drop the lightly row (--rows)')
   steps_per_epoch = pipeline.steps_per_epoch(NUM_PRETRAIN_EXAMPLES, config.batch_size)
@@ -324,6 +334,7 @@ def _lightly_row(data) -> dict:
          f'--seed={config.seed}', f'--width_multiplier={config.model.width_multiplier}',
          f'--cifar_stem={int(cifar_stem)}', f'--head_out_dim={config.model.head_out_dim}',
          f'--learning_rate={config.optimizer.learning_rate}',
+         f'--lr_scaling={config.optimizer.lr_scaling}', f'--optimizer={config.optimizer.name}',
          f'--weight_decay={config.optimizer.weight_decay}',
          f'--warmup_fraction={warmup_fraction}',
          f'--crop_area_min={config.augment.crop_area_min}',

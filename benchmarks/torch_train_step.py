@@ -115,12 +115,14 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 class Lars:
-  """LARS as simclr_jax.optim: g' = g + wd w; u = trust g' (rank >= 2); v = m v - lr u."""
+  """LARS as simclr_jax.optim: g' = g + wd w; u = trust g' (rank >= 2); v = m v - lr u.
+  With trust=False it is simclr_jax.optim's 'sgd' (the same chain without the trust ratio)."""
 
   def __init__(self, params, lr: float, weight_decay: float = 1e-6, momentum: float = 0.9,
-               trust_coefficient: float = 0.001):
+               trust_coefficient: float = 0.001, trust: bool = True):
     self.params = [p for p in params if p.requires_grad]
     self.lr, self.wd, self.m, self.eta = lr, weight_decay, momentum, trust_coefficient
+    self.trust = trust
     self.buf = [torch.zeros_like(p) for p in self.params]
 
   @torch.no_grad()
@@ -129,9 +131,10 @@ class Lars:
       g = p.grad
       if p.ndim >= 2:
         g = g + self.wd * p
-        wn, gn = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-        trust = torch.where((wn > 0) & (gn > 0), self.eta * wn / gn, torch.ones_like(wn))
-        g = g * trust
+        if self.trust:
+          wn, gn = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+          trust = torch.where((wn > 0) & (gn > 0), self.eta * wn / gn, torch.ones_like(wn))
+          g = g * trust
       v.mul_(self.m).add_(g, alpha=-self.lr)
       p.add_(v)
 

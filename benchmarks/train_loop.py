@@ -1,6 +1,6 @@
 """Steps per second of the whole training loop, input pipeline included: `train.pretrain` itself.
 
-  python benchmarks/train_loop.py --config=configs/fashion_mnist.py --steps=200 --rounds=3
+  python benchmarks/train_loop.py --config=configs/fashion_mnist_fast.py --steps=200 --rounds=3
 
 benchmarks/train_step.py times the step on fixed arrays; this times what a run gets: tf.data
 (sharing the cores with XLA), host-to-device copies, the step, logging. Each variant is a set of
@@ -75,7 +75,7 @@ def pretrain_seconds_per_step(train, config, steps: int, skip: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default=os.path.join(ROOT, 'configs', 'fashion_mnist.py'))
+  parser.add_argument('--config', default=os.path.join(ROOT, 'configs', 'fashion_mnist_fast.py'))
   parser.add_argument('--variants', default=';'.join(DEFAULT_VARIANTS),
                       help='";"-separated variants, each ","-separated key=value config '
                       'overrides and env:NAME=value settings of the worker\'s environment '

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import fashion_mnist
+from configs import fashion_mnist_fast
 from simclr_jax import metric_writer
 from simclr_jax import train
 from simclr_jax.evaluation import data as data_lib
@@ -75,8 +75,8 @@ def scaled_budget(budget_scale: float, train_examples: int = TRAIN_EXAMPLES,
 
 
 def base_config(budget_scale: float = 1.0, seed: int = 0) -> ml_collections.ConfigDict:
-  """configs/fashion_mnist.py shrunk to the CPU-scale study budget (see module constants)."""
-  c = fashion_mnist.get_config()
+  """configs/fashion_mnist_fast.py shrunk to the CPU-scale study budget (see module constants)."""
+  c = fashion_mnist_fast.get_config()
   n, epochs = scaled_budget(budget_scale)
   c.seed = seed
   c.dataset.max_train_examples = n
