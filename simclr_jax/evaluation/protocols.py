@@ -28,7 +28,6 @@ from typing import Callable
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -159,21 +158,9 @@ def probe(config, workdir, encoder: Encoder, data: data_lib.EvalData) -> dict:
         f"the checkpoint's classifier has {params['kernel'].shape[-1]} classes, "
         f'{data.train.name} {data.num_classes}: the probe protocol needs the dataset it was '
         'trained on')
-  kernel, bias = jax.device_put((params['kernel'], params['bias']), encoder.mapper.replicated)
-
-  @functools.partial(jax.jit, out_shardings=encoder.mapper.replicated)
-  def count(totals, features, labels, mask):
-    logits = features @ kernel + bias
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    hits = top5 == labels[:, None]
-    return totals + jnp.stack([jnp.sum(hits[:, 0] & mask), jnp.sum(hits.any(-1) & mask),
-                               jnp.sum(mask)]).astype(jnp.int32)
-
-  totals = jax.device_put(np.zeros(3, np.int32), encoder.mapper.replicated)
-  for out in encoder.split_features(data.test, 'h' if layer == 0 else f'head_{layer}'):
-    totals = count(totals, out['features'], out['label'], out['mask'])
-  top1, top5, n = (int(x) for x in jax.device_get(totals))
-  return {f'{prefix(config)}probe_top1': top1 / n, f'{prefix(config)}probe_top5': top5 / n,
+  res = classifier.evaluate(encoder.model, encoder.variables, params, data.test, head_layer=layer,
+                            batch_size=config.eval.batch_size, mapper=encoder.mapper)
+  return {f'{prefix(config)}probe_top1': res['top1'], f'{prefix(config)}probe_top5': res['top5'],
           f'{prefix(config)}probe_input': layer}
 
 
